@@ -1,0 +1,186 @@
+"""Tables built from run records: one row per run, one column per metric, and long-format histories."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+
+from .config import parameter_names
+from .records import DONE, is_complete, read_record, write_atomic
+
+FAILED = "FAILED"
+REPOSITORY = Path(__file__).resolve().parent.parent
+
+# Metrics shown against the learning rate, with the direction the finding predicts for large LRs.
+METRICS = {
+    "accuracy": "unbiased test accuracy",
+    "conflicting_accuracy": "bias-conflicting accuracy",
+    "aligned_accuracy": "bias-aligned accuracy",
+    "worst_group_accuracy": "worst-group accuracy",
+    "compressibility": "compressibility (mean accuracy retention under pruning)",
+    "activation_sparsity": "activation sparsity (fraction of zero activations)",
+    "class_separation": "class separation",
+}
+
+
+def default_runs_dir() -> Path:
+    """Return the runs folder the book reads: ``$LRSTUDY_RUNS_DIR``, else ``runs/default`` in the repository."""
+    return Path(os.environ.get("LRSTUDY_RUNS_DIR") or REPOSITORY / "runs" / "default")
+
+
+def summary_row(config: dict, summary: dict) -> dict:
+    """Flatten one run's config and summary into a table row.
+
+    The pruning curve becomes columns ``pruned_accuracy_<sparsity>`` and per-layer sparsity becomes
+    ``activation_sparsity_layer<i>`` (1-based, in forward order).
+    """
+    row = {**config}
+    for key, value in summary.items():
+        if key == "pruning_curve":
+            for point in value:
+                row[f"pruned_accuracy_{point['sparsity']:g}"] = point["accuracy"]
+        elif key == "activation_sparsity_per_layer":
+            for index, fraction in enumerate(value, start=1):
+                row[f"activation_sparsity_layer{index}"] = fraction
+        else:
+            row[key] = value
+    return row
+
+
+def run_folders(runs_dir: str | Path) -> list[Path]:
+    """Return the run folders under ``runs_dir`` (those holding a config, a marker or a notebook), sorted."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        return []
+    markers = ("config.json", DONE, FAILED, "run.ipynb")
+    return sorted(p for p in runs_dir.iterdir() if p.is_dir() and any((p / m).exists() for m in markers))
+
+
+def load_results(runs_dir: str | Path) -> pd.DataFrame:
+    """Load every complete run under ``runs_dir`` into a table, one row per run, sorted by dataset, lr and seed."""
+    rows = []
+    for folder in run_folders(runs_dir):
+        if is_complete(folder):
+            record = read_record(folder)
+            rows.append(summary_row(record["config"], record["summary"]))
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return pd.DataFrame(columns=[*parameter_names(), "run_id", "status"])
+    return table.sort_values(["dataset", "lr", "seed"], kind="stable").reset_index(drop=True)
+
+
+def run_statuses(runs_dir: str | Path) -> pd.DataFrame:
+    """List every run folder with its status: the record's status, ``failed`` or ``incomplete``."""
+    rows = []
+    for folder in run_folders(runs_dir):
+        if is_complete(folder):
+            record = read_record(folder)
+            config, summary = record["config"], record["summary"]
+            rows.append({**_key(config), "run_id": folder.name, "status": summary["status"], "steps": summary["steps"]})
+            continue
+        config_file = folder / "config.json"
+        config = json.loads(config_file.read_text(encoding="utf-8")) if config_file.exists() else {}
+        status = "failed" if (folder / FAILED).exists() else "incomplete"
+        rows.append({**_key(config), "run_id": folder.name, "status": status, "steps": math.nan})
+    return pd.DataFrame(rows, columns=["dataset", "lr", "seed", "run_id", "status", "steps"])
+
+
+def _key(config: dict) -> dict:
+    return {name: config.get(name) for name in ("dataset", "lr", "seed")}
+
+
+def load_histories(runs_dir: str | Path) -> pd.DataFrame:
+    """Load the periodic evaluations of every complete run, one row per (run, step), with dataset, lr and seed."""
+    frames = []
+    for folder in run_folders(runs_dir):
+        if is_complete(folder):
+            record = read_record(folder)
+            frame = pd.DataFrame(record["history"])
+            for name, value in {**_key(record["config"]), "run_id": folder.name}.items():
+                frame[name] = value
+            frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def pruning_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Reshape the ``pruned_accuracy_<s>`` columns into long format: one row per (run, sparsity)."""
+    columns = [c for c in results.columns if c.startswith("pruned_accuracy_")]
+    long = results.melt(
+        id_vars=["run_id", "dataset", "lr", "seed", "status"],
+        value_vars=columns,
+        var_name="sparsity",
+        value_name="pruned_accuracy",
+    )
+    long["sparsity"] = long["sparsity"].str.removeprefix("pruned_accuracy_").astype(float)
+    return long
+
+
+def write_results_table(runs_dir: str | Path) -> Path:
+    """Rebuild ``runs_dir/results.csv`` from the complete records and return its path."""
+    path = Path(runs_dir) / "results.csv"
+    write_atomic(path, load_results(runs_dir).to_csv(index=False))
+    return path
+
+
+def export_results_table(runs_dir: str | Path, output: Path, command: str) -> Path:
+    """Write the results table of ``runs_dir`` to ``output`` for committing, with a provenance file beside it.
+
+    ``<output stem>.provenance.json`` records the command, the git commit and environment of the
+    first run, the number of runs and the date, so a committed table says what produced it.
+    """
+    results = load_results(runs_dir)
+    if results.empty:
+        raise FileNotFoundError(f"no complete run under {runs_dir}: run the sweep first")
+    first = read_record(Path(runs_dir) / results["run_id"].iloc[0])
+    provenance = {
+        "command": command,
+        "runs_dir": str(runs_dir),
+        "runs": len(results),
+        "git_commit": first["environment"].get("git_commit", "unknown"),
+        "environment": first["environment"],
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
+    write_atomic(output, results.to_csv(index=False))
+    write_atomic(output.with_suffix(".provenance.json"), json.dumps(provenance, indent=2) + "\n")
+    return output
+
+
+def summarize_by_lr(results: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Return mean, standard deviation and count over seeds of ``metric`` per (dataset, lr).
+
+    Diverged runs have NaN metrics and are left out of the mean; ``runs`` counts all runs and
+    ``diverged`` the diverged ones.
+    """
+    grouped = results.groupby(["dataset", "lr"])
+    table = grouped[metric].agg(mean="mean", std="std", measured="count").reset_index()
+    table["runs"] = grouped.size().values
+    table["diverged"] = grouped["status"].apply(lambda s: int((s == "diverged").sum())).values
+    table["metric"] = metric
+    return table
+
+
+def lr_trend(results: pd.DataFrame, metric: str) -> float:
+    """Return the Spearman rank correlation between lr and ``metric`` over the runs that did not diverge.
+
+    NaN when fewer than three runs or fewer than two distinct LRs remain.
+    """
+    usable = results[(results["status"] != "diverged") & results[metric].notna()]
+    if len(usable) < 3 or usable["lr"].nunique() < 2:
+        return math.nan
+    return float(usable["lr"].rank().corr(usable[metric].rank()))
+
+
+def describe_trend(correlation: float, threshold: float = 0.5) -> str:
+    """Turn a Spearman correlation into the phrase the book prints: rises, falls or shows no clear trend."""
+    if math.isnan(correlation):
+        return "could not be measured (too few runs that did not diverge)"
+    if correlation >= threshold:
+        return f"rises with the learning rate (Spearman {correlation:.2f})"
+    if correlation <= -threshold:
+        return f"falls as the learning rate grows (Spearman {correlation:.2f})"
+    return f"shows no clear trend with the learning rate (Spearman {correlation:.2f})"
