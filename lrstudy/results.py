@@ -53,12 +53,16 @@ def summary_row(config: dict, summary: dict) -> dict:
 
 
 def run_folders(runs_dir: str | Path) -> list[Path]:
-    """Return the run folders under ``runs_dir`` (those holding a config, a marker or a notebook), sorted."""
+    """Return the run folders under ``runs_dir`` (those holding a config, a marker or a notebook), sorted.
+
+    Hidden folders, such as the sweep's converted notebook in ``.notebook``, are not runs.
+    """
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
     markers = ("config.json", DONE, FAILED, "run.ipynb")
-    return sorted(p for p in runs_dir.iterdir() if p.is_dir() and any((p / m).exists() for m in markers))
+    folders = (p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in folders if any((p / m).exists() for m in markers))
 
 
 def load_results(runs_dir: str | Path) -> pd.DataFrame:
@@ -178,7 +182,7 @@ def lr_trend(results: pd.DataFrame, metric: str) -> float:
 def describe_trend(correlation: float, threshold: float = 0.5) -> str:
     """Turn a Spearman correlation into the phrase the book prints: rises, falls or shows no clear trend."""
     if math.isnan(correlation):
-        return "could not be measured (too few runs that did not diverge)"
+        return "could not be measured (it needs three runs and two LRs that did not diverge)"
     if correlation >= threshold:
         return f"rises with the learning rate (Spearman {correlation:.2f})"
     if correlation <= -threshold:

@@ -1,0 +1,40 @@
+# Two entry points for a new user: `make book` builds the study, `make test` runs the tests.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+RUNS ?= runs/default
+
+.PHONY: book test env study pilot benchmark clean
+
+# The virtual environment, rebuilt when the requirements or the package metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps --editable .
+	touch $(STAMP)
+
+env: $(STAMP)
+
+# The default study: every run of the preset that is not complete yet (an interrupted sweep resumes).
+study: env
+	$(BIN)/lrstudy -v sweep --preset default --runs-dir $(RUNS)
+
+# The book, from the runs in $(RUNS); warnings and failing cells fail the build.
+book: study
+	LRSTUDY_RUNS_DIR=$(abspath $(RUNS)) $(BIN)/jupyter-book build . --all --warningiserror --keep-going
+
+test: env
+	$(BIN)/python -m pytest
+
+# The pilot sweep behind the methods page; its table is committed in book/data.
+pilot: env
+	$(BIN)/lrstudy -v sweep --preset pilot --runs-dir runs/pilot
+	$(BIN)/lrstudy table --runs-dir runs/pilot --output book/data/pilot_results.csv
+
+benchmark: env
+	$(BIN)/python benchmarks/benchmark.py
+
+clean:
+	rm -rf _build

@@ -1,0 +1,77 @@
+"""The book, built from a quick sweep: every chart drawn, every glued number equal to the results table."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from bs4 import BeautifulSoup
+
+from lrstudy.report import key_numbers
+from lrstudy.results import REPOSITORY, load_results
+from lrstudy.sweep import preset_configs, run_sweep
+
+pytestmark = pytest.mark.slow
+
+# Charts each page draws: one altair output per chart cell.
+CHARTS = {"results_double_mnist": 4, "results_colored_mnist": 4, "methods": 1}
+PREFIXES = {"double_mnist": "dm", "colored_mnist": "cm"}
+
+
+@pytest.fixture(scope="module")
+def book(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("book")
+    runs_dir = folder / "runs"
+    report = run_sweep(preset_configs("quick"), runs_dir, workers=2)
+    assert not report.failed
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    command = [str(jupyter_book), "build", str(REPOSITORY), "--all", "--warningiserror", "--keep-going"]
+    command += ["--path-output", str(folder)]
+    environment = {**os.environ, "LRSTUDY_RUNS_DIR": str(runs_dir)}
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return folder / "_build" / "html" / "book", runs_dir
+
+
+def _page_text(html_dir: Path, page: str) -> str:
+    soup = BeautifulSoup((html_dir / f"{page}.html").read_text(encoding="utf-8"), "html.parser")
+    main = soup.find("main")
+    for tag in main.find_all(["script", "style"]):
+        tag.decompose()
+    return " ".join(main.get_text(" ").split())
+
+
+@pytest.mark.parametrize(("page", "charts"), CHARTS.items())
+def test_page_contains_every_chart(book, page, charts):
+    html = (book[0] / f"{page}.html").read_text(encoding="utf-8")
+    assert len(set(re.findall(r'id="(altair-viz-[^"]+)"', html))) == charts
+
+
+@pytest.mark.parametrize(
+    "page", ["intro", "datasets", "methods", "results_double_mnist", "results_colored_mnist", "runs"]
+)
+def test_page_has_no_error_output(book, page):
+    text = _page_text(book[0], page)
+    assert "Traceback" not in text
+    assert "Error" not in text
+
+
+@pytest.mark.parametrize("dataset", PREFIXES)
+def test_glued_numbers_match_results_table(book, dataset):
+    html_dir, runs_dir = book
+    results = load_results(runs_dir)
+    numbers = key_numbers(results[results["dataset"] == dataset])
+    text = _page_text(html_dir, f"results_{dataset}")
+    for key in ("accuracy_small", "accuracy_large", "conflicting_accuracy_small", "compressibility_large"):
+        assert f"{numbers[key]:.3f}" in text, f"{key} = {numbers[key]:.3f} missing from the page"
+    assert f"reads {numbers['runs']} runs" in text
+    assert str(numbers["accuracy_trend"]) in text
+
+
+def test_runs_page_lists_every_run(book):
+    html_dir, runs_dir = book
+    text = _page_text(html_dir, "runs")
+    for run_id in load_results(runs_dir)["run_id"]:
+        assert run_id in text
