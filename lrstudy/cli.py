@@ -64,9 +64,11 @@ def _command_run(args: argparse.Namespace) -> int:
 
 
 def _command_sweep(args: argparse.Namespace) -> int:
-    from .sweep import preset_configs, run_sweep
+    from .sweep import preset_configs, run_sweep, select_shard
 
     configs = preset_configs(args.preset, _parse_assignments(args.set, as_lists=True))
+    if args.shard:
+        configs = select_shard(configs, args.shard)
     runs_dir = Path(args.runs_dir or REPOSITORY / "runs" / args.preset)
     if args.list:
         for config in configs:
@@ -136,6 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--workers", type=int, default=None, help="runs in parallel (default: number of CPU cores)")
     sweep.add_argument("--device", default="cpu", help="torch device for every run (default cpu)")
     sweep.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    sweep.add_argument(
+        "--shard",
+        metavar="K/N",
+        help="run only every N-th run starting at the K-th (0-based), e.g. one job of an array",
+    )
     sweep.add_argument("--list", action="store_true", help="print the run ids and exit")
     sweep.set_defaults(handler=_command_sweep)
 

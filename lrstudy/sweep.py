@@ -113,6 +113,18 @@ def preset_configs(name: str, overrides: dict[str, list] | None = None) -> list[
     return expand_grid(grid, fixed, variants)
 
 
+def select_shard(configs: list[RunConfig], shard: str) -> list[RunConfig]:
+    """Return the configs of shard ``"K/N"``: those at positions K, K + N, K + 2N... (K counts from 0)."""
+    index, separator, count = shard.partition("/")
+    try:
+        index_value, count_value = int(index), int(count)
+    except ValueError:
+        index_value, count_value = -1, 0
+    if not separator or count_value < 1 or not 0 <= index_value < count_value:
+        raise ValueError(f"invalid shard {shard!r}: expected K/N with 0 <= K < N, e.g. 0/4")
+    return configs[index_value::count_value]
+
+
 def prepare_notebook(destination: Path, source: Path = RUN_NOTEBOOK) -> Path:
     """Convert the jupytext run notebook to ``.ipynb`` at ``destination``, with an explicit kernelspec."""
     import jupytext

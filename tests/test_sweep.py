@@ -11,7 +11,7 @@ import pytest
 
 from lrstudy.records import is_complete
 from lrstudy.results import load_results, run_statuses
-from lrstudy.sweep import expand_grid, preset_configs, run_sweep
+from lrstudy.sweep import expand_grid, preset_configs, run_sweep, select_shard
 
 TINY = {"source": "sklearn_digits", "image_size": 8, "width": 16, "max_steps": 20, "eval_every": 10}
 
@@ -101,3 +101,16 @@ def test_sweep_keeps_executed_notebooks(tmp_path):
     run_sweep(configs, tmp_path, workers=1)
     notebook = json.loads((tmp_path / configs[0].run_id() / "run.ipynb").read_text())
     assert notebook["metadata"]["papermill"]["parameters"]["lr"] == 0.1
+
+
+def test_select_shard_partitions_configs():
+    configs = expand_grid({"lr": [0.1, 0.2, 0.3], "seed": [0, 1]}, TINY)
+    shards = [select_shard(configs, f"{k}/4") for k in range(4)]
+    assert sorted(c.run_id() for shard in shards for c in shard) == sorted(c.run_id() for c in configs)
+    assert [len(shard) for shard in shards] == [2, 2, 1, 1]
+
+
+@pytest.mark.parametrize("shard", ["4/4", "-1/2", "1", "a/b", "0/0"])
+def test_select_shard_rejects_invalid(shard):
+    with pytest.raises(ValueError, match="invalid shard"):
+        select_shard([], shard)
