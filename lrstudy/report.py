@@ -62,7 +62,12 @@ def glue_key_numbers(numbers: dict[str, float | str], prefix: str) -> None:
 
     for key, value in numbers.items():
         # numpy scalars print as "np.float64(...)", which glue's format specs cannot parse
-        glued = Markdown(value) if isinstance(value, str) else value if isinstance(value, int) else float(value)
+        if isinstance(value, str):
+            glued = Markdown(value)
+        elif isinstance(value, int):
+            glued = value
+        else:
+            glued = float(value)
         glue(f"{prefix}_{key}", glued, display=False)
 
 

@@ -135,7 +135,7 @@ def export_results_table(runs_dir: str | Path, output: Path, command: str) -> Pa
     """Write the results table of ``runs_dir`` to ``output`` for committing, with a provenance file beside it.
 
     ``<output stem>.provenance.json`` records the command, the git commit and environment of the
-    first run, the number of runs and the date, so a committed table says what produced it.
+    first run, the number of runs and the date, so a committed table records what produced it.
     """
     results = load_results(runs_dir)
     if results.empty:

@@ -65,7 +65,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class SweepReport:
-    """What a sweep did: counts of runs by outcome and the wall time it took."""
+    """Outcome of a sweep: counts of runs by outcome and the wall time it took."""
 
     planned: int = 0
     skipped: int = 0
@@ -80,7 +80,7 @@ def expand_grid(
 ) -> list[RunConfig]:
     """Return one validated config per combination of the grid's values and the variants.
 
-    ``fixed`` holds values shared by every run; each variant is a set of values that change
+    ``fixed`` contains values shared by every run; each variant is a set of values that change
     together (e.g. swapping two intensities) and overrides ``fixed``. Every config is validated
     before any run starts, so a typo fails the sweep at once. Duplicates are dropped.
     """
@@ -168,8 +168,8 @@ def run_sweep(
 ) -> SweepReport:
     """Execute every config whose record is not complete, ``workers`` at a time, then rebuild the results table.
 
-    A run that fails is recorded with a ``FAILED`` file holding the error and the sweep goes on;
-    it is tried again by the next sweep. ``workers`` defaults to the number of CPU cores.
+    A run that fails gets a ``FAILED`` file with the error, and the sweep goes on. The next sweep
+    tries it again. ``workers`` defaults to the number of CPU cores.
     """
     runs_dir = Path(runs_dir)
     workers = workers or os.cpu_count() or 1

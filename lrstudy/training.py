@@ -4,9 +4,9 @@ A run stops at the first of:
 - convergence: at an evaluation, 100% training accuracy and mean training loss below
   ``loss_threshold``;
 - divergence: a minibatch loss that is NaN, infinite or above ``divergence_factor`` times the
-  training loss at initialisation ("blow-up"), or an evaluation after step 0 that finds every
-  unit of the last hidden layer at zero on the whole training set ("collapse": typically after a
-  loss spike; the output is then constant and no gradient reaches the earlier layers);
+  training loss at initialisation ("blow-up"). An evaluation after step 0 that finds every unit of
+  the last hidden layer at zero on the whole training set also counts ("collapse"). This typically
+  follows a loss spike, and no gradient can reach the earlier layers afterwards;
 - the step budget ``max_steps``.
 """
 
@@ -95,7 +95,7 @@ def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
 def train(
     config: RunConfig, dataset: SpuriousDataset, device: str | torch.device = "cpu", progress: bool = False
 ) -> TrainResult:
-    """Train a fresh model on ``dataset.train`` as ``config`` says and return it with its history.
+    """Train a fresh model on ``dataset.train`` with the settings in ``config``; return it with its history.
 
     ``dataset`` must already be on ``device``. The model's initialisation draws from the global
     torch generator seeded with ``config.seed``; the minibatch order draws from a separate CPU

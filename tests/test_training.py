@@ -187,3 +187,22 @@ def test_collapsed_network_detected():
         last_hidden.weight.fill_(-1.0)
     assert not healthy
     assert is_collapsed(result.model, dataset.train.x)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"model": "cnn", "width": 16},
+        {"dataset": "colored_mnist", "model": "cnn", "width": 16},
+        {"optimizer": "adam", "lr": 0.001},
+        {"momentum": 0.9, "lr": 0.01},
+        {"bias": True, "depth": 3},
+    ],
+)
+def test_variants_train_and_measure(tmp_path, changes):
+    config = small_config(max_steps=30, eval_every=10, **changes)
+    outcome = run_experiment(config, tmp_path)
+    assert outcome.summary["status"] in STATUSES
+    assert outcome.summary["steps"] == 30
+    assert 0.0 <= outcome.summary["accuracy"] <= 1.0
+    assert 0.0 <= outcome.summary["activation_sparsity"] <= 1.0
