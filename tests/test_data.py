@@ -403,3 +403,17 @@ def test_double_mnist_single_image_class_rejected(tmp_path):
     config = DataConfig(source="torchvision", data_dir=str(tmp_path), rho=1.0, val_fraction=0.0)
     with pytest.raises(ValueError, match="spurious digit of class 0 from the train pool"):
         build_dataset(config, seed=0)
+
+
+def test_digit_cache_written_and_rebuilt(tmp_path, monkeypatch):
+    from lrstudy import data
+
+    monkeypatch.setenv("LRSTUDY_CACHE_DIR", str(tmp_path))
+    images, labels = data._cached_arrays("sklearn_digits.npz", data._sklearn_arrays)
+    cache = tmp_path / "sklearn_digits.npz"
+    assert cache.is_file()
+    cache.write_bytes(b"not an npz file")
+    rebuilt_images, rebuilt_labels = data._cached_arrays("sklearn_digits.npz", data._sklearn_arrays)
+    assert np.array_equal(rebuilt_images, images)
+    assert np.array_equal(rebuilt_labels, labels)
+    assert np.load(cache)["images"].shape == (1797, 8, 8)
