@@ -5,7 +5,8 @@ Prints, in one run on one machine:
 2. the training throughput of the default model in one process, with one thread and with all;
 3. the aggregate throughput of one single-threaded training process per core, as the sweep runs;
 4. the same training loop fed by ``Dataset.__getitem__`` and ``DataLoader``, against in-memory indexing;
-5. for a ``quick`` sweep through papermill, the share of wall time spent outside training steps.
+5. for a ``quick`` sweep through papermill, the share of wall time spent outside training steps,
+   and the same share for the last sweep logged in ``runs/default`` (``make book`` writes it).
 
 Training FLOPs are estimated as 6 x (weights) per sample per step: 2 for the forward pass and 4 for
 the backward pass. The last line is machine-readable:
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import multiprocessing
 import os
 import platform
@@ -116,12 +118,36 @@ def sweep_overhead(workers: int) -> tuple[float, float, float]:
     return report.wall_seconds, train_seconds, 1.0 - train_seconds / (busy * report.wall_seconds)
 
 
+def logged_sweep_overhead(runs_dir: Path) -> tuple[float, float, float] | None:
+    """Return (wall s, summed training s, overhead share) of the last sweep logged in ``runs_dir``.
+
+    Only the runs that sweep completed count; None when the log is missing or it completed none.
+    """
+    from lrstudy.records import read_record
+
+    log = runs_dir / "sweeps.jsonl"
+    if not log.is_file():
+        return None
+    last = json.loads(log.read_text(encoding="utf-8").splitlines()[-1])
+    if not last["completed"]:
+        return None
+    train_seconds = sum(read_record(runs_dir / run_id)["summary"]["train_seconds"] for run_id in last["completed"])
+    busy = min(last["workers"], len(last["completed"]))
+    return last["wall_seconds"], train_seconds, 1.0 - train_seconds / (busy * last["wall_seconds"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--seconds", type=float, default=5.0, help="duration of each throughput measurement, in seconds"
     )
     parser.add_argument("--skip-sweep", action="store_true", help="skip the quick-sweep overhead measurement")
+    parser.add_argument(
+        "--runs-dir",
+        type=Path,
+        default=Path(__file__).resolve().parent.parent / "runs" / "default",
+        help="also report the overhead of the last sweep logged in this folder (default runs/default)",
+    )
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     print(f"machine: {platform.processor() or platform.machine()}, {cores} cores, torch {torch.__version__}")
@@ -152,6 +178,13 @@ def main() -> None:
         print(
             f"quick sweep: {wall:.1f} s wall on {cores} workers, "
             f"{train_seconds:.1f} s in training steps, {overhead_share:.0%} outside"
+        )
+    logged = logged_sweep_overhead(args.runs_dir)
+    if logged:
+        wall, train_seconds, share = logged
+        print(
+            f"last sweep logged in {args.runs_dir}: {wall:.1f} s wall, {train_seconds:.1f} s in training steps, "
+            f"{share:.0%} outside"
         )
     print(f"summary: matmul_share={matmul_share:.2f} overhead_share={overhead_share:.2f}")
 

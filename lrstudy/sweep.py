@@ -12,11 +12,13 @@ torch cost more than many of the study's runs spend training.
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from multiprocessing.util import Finalize
 from pathlib import Path
 from typing import Any
@@ -239,7 +241,23 @@ def run_sweep(
                 raise
     report.results_table = write_results_table(runs_dir)
     report.wall_seconds = time.perf_counter() - started
+    _append_sweep_log(runs_dir, report, workers)
     return report
+
+
+def _append_sweep_log(runs_dir: Path, report: SweepReport, workers: int) -> None:
+    """Append one JSON line describing this sweep to ``runs_dir/sweeps.jsonl``, for benchmarks and provenance."""
+    entry = {
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "planned": report.planned,
+        "skipped": report.skipped,
+        "completed": report.completed,
+        "failed": sorted(report.failed),
+        "workers": workers,
+        "wall_seconds": report.wall_seconds,
+    }
+    with open(runs_dir / "sweeps.jsonl", "a", encoding="utf-8") as log:
+        log.write(json.dumps(entry) + "\n")
 
 
 def _collect(futures: dict, runs_dir: Path, report: SweepReport) -> None:

@@ -61,6 +61,9 @@ def test_sweep_goes_on_after_divergence_and_failure(tmp_path):
     assert results.loc[0.1, "status"] != "diverged"
     statuses = run_statuses(tmp_path / "runs").set_index("run_id")
     assert statuses.loc[missing[0].run_id(), "status"] == "failed"
+    logged = json.loads((tmp_path / "runs" / "sweeps.jsonl").read_text().splitlines()[-1])
+    assert logged["failed"] == [missing[0].run_id()]
+    assert sorted(logged["completed"]) == sorted(report.completed)
 
 
 @pytest.mark.slow
