@@ -10,6 +10,39 @@ import pandas as pd
 
 from .results import METRICS, default_runs_dir, describe_trend, load_histories, load_results, lr_trend
 
+# Metrics that Barsbey et al. (ICCV 2025, arXiv:2507.17748) report to improve with larger LRs;
+# bias-aligned accuracy is not among them.
+PREDICTED_TO_RISE = (
+    "accuracy",
+    "conflicting_accuracy",
+    "worst_group_accuracy",
+    "compressibility",
+    "activation_sparsity",
+    "class_separation",
+)
+
+
+def agreement_phrase(results: pd.DataFrame, threshold: float = 0.5) -> str:
+    """Say which of the metrics in ``PREDICTED_TO_RISE`` rise with the LR here and which do not.
+
+    A metric rises when the Spearman correlation between LR and the metric, over runs that did not
+    diverge, is at least ``threshold`` (the same rule as ``describe_trend``).
+    """
+    rising, other = [], []
+    for metric in PREDICTED_TO_RISE:
+        correlation = lr_trend(results, metric)
+        (rising if correlation >= threshold else other).append(METRICS[metric])
+    if not rising:
+        return f"none of the {len(other)} properties the paper ties to large LRs rises with the LR here"
+    if not other:
+        return f"all {len(rising)} properties the paper ties to large LRs rise with the LR here"
+    rise = "rises" if len(rising) == 1 else "rise"
+    do_not = "does not" if len(other) == 1 else "do not"
+    return (
+        f"{len(rising)} of the {len(PREDICTED_TO_RISE)} properties the paper ties to large LRs {rise} with the LR "
+        f"here ({', '.join(rising)}); {', '.join(other)} {do_not}"
+    )
+
 
 def stable_lrs(results: pd.DataFrame) -> list[float]:
     """Return the LRs, ascending, at which no run diverged."""
@@ -25,7 +58,8 @@ def key_numbers(results: pd.DataFrame) -> dict[str, float | str]:
     diverged, NaN if none) and ``divergence`` (that fact as a phrase). For each metric ``m`` of
     ``METRICS``: ``m_small`` and ``m_large`` (means over seeds at ``lr_small`` and ``lr_large``),
     ``m_best_lr`` (the LR with the highest mean) and ``m_trend`` (a phrase from the Spearman
-    correlation between LR and ``m`` over runs that did not diverge).
+    correlation between LR and ``m`` over runs that did not diverge). ``agreement`` is
+    ``agreement_phrase``'s summary of which predicted properties rise.
     """
     lrs = stable_lrs(results)
     diverged = results.loc[results["status"] == "diverged", "lr"]
@@ -48,6 +82,12 @@ def key_numbers(results: pd.DataFrame) -> dict[str, float | str]:
         column = means[metric].dropna()
         numbers[f"{metric}_best_lr"] = float(column.idxmax()) if len(column) else math.nan
         numbers[f"{metric}_trend"] = describe_trend(lr_trend(results, metric))
+        measured = results.loc[results["status"] != "diverged", metric].dropna()
+        if len(measured) >= 3 and measured.nunique() == 1:
+            numbers[f"{metric}_trend"] = (
+                f"does not change with the learning rate: it is {measured.iloc[0]:.3f} in every run"
+            )
+    numbers["agreement"] = agreement_phrase(results)
     return numbers
 
 
@@ -77,24 +117,26 @@ class Chapter:
 
     dataset: str
     runs_dir: Path
-    results: pd.DataFrame
-    histories: pd.DataFrame
+    results: pd.DataFrame  # runs of this dataset
+    histories: pd.DataFrame  # periodic evaluations of those runs
     numbers: dict[str, float | str]
+    all_results: pd.DataFrame  # runs of every dataset, for views that compare datasets
+    all_histories: pd.DataFrame
 
 
 def load_chapter(dataset: str, runs_dir: str | Path | None = None) -> Chapter:
     """Load the complete runs of ``dataset`` under ``runs_dir`` (default: ``default_runs_dir()``)."""
     runs_dir = Path(runs_dir or default_runs_dir())
-    results = load_results(runs_dir)
-    results = results[results["dataset"] == dataset].reset_index(drop=True)
+    all_results = load_results(runs_dir)
+    results = all_results[all_results["dataset"] == dataset].reset_index(drop=True)
     if results.empty:
         raise FileNotFoundError(
             f"no complete run of dataset {dataset!r} under {runs_dir}: run `lrstudy sweep --preset default` "
             "first, or point LRSTUDY_RUNS_DIR at a folder of run records"
         )
-    histories = load_histories(runs_dir)
-    histories = histories[histories["dataset"] == dataset].reset_index(drop=True)
-    return Chapter(dataset, runs_dir, results, histories, key_numbers(results))
+    all_histories = load_histories(runs_dir)
+    histories = all_histories[all_histories["dataset"] == dataset].reset_index(drop=True)
+    return Chapter(dataset, runs_dir, results, histories, key_numbers(results), all_results, all_histories)
 
 
 def key_numbers_table(numbers: dict[str, float | str]) -> pd.DataFrame:
@@ -110,3 +152,15 @@ def key_numbers_table(numbers: dict[str, float | str]) -> pd.DataFrame:
         for metric, description in METRICS.items()
     ]
     return pd.DataFrame(rows)
+
+
+def csv_download_link(table: pd.DataFrame, filename: str, text: str):
+    """Return an HTML link that downloads ``table`` as a CSV file, embedded in the page so it works offline."""
+    import base64
+    import html
+
+    from IPython.display import HTML
+
+    encoded = base64.b64encode(table.to_csv(index=False).encode("utf-8")).decode("ascii")
+    name = html.escape(filename, quote=True)
+    return HTML(f'<a download="{name}" href="data:text/csv;base64,{encoded}">{html.escape(text)}</a>')

@@ -16,14 +16,14 @@ from .records import DONE, is_complete, read_record, write_atomic
 FAILED = "FAILED"
 REPOSITORY = Path(__file__).resolve().parent.parent
 
-# Metrics shown against the learning rate, with the direction the finding predicts for large LRs.
+# Metrics shown against the learning rate, with the name the book prints for each.
 METRICS = {
     "accuracy": "unbiased test accuracy",
     "conflicting_accuracy": "bias-conflicting accuracy",
     "aligned_accuracy": "bias-aligned accuracy",
     "worst_group_accuracy": "worst-group accuracy",
-    "compressibility": "compressibility (mean accuracy retention under pruning)",
-    "activation_sparsity": "activation sparsity (fraction of zero activations)",
+    "compressibility": "compressibility",
+    "activation_sparsity": "activation sparsity",
     "class_separation": "class separation",
 }
 
@@ -135,7 +135,9 @@ def export_results_table(runs_dir: str | Path, output: Path, command: str) -> Pa
     """Write the results table of ``runs_dir`` to ``output`` for committing, with a provenance file beside it.
 
     ``<output stem>.provenance.json`` records the command, the git commit and environment of the
-    first run, the number of runs and the date, so a committed table records what produced it.
+    first run, the number of runs, the date and the sweeps logged in ``runs_dir/sweeps.jsonl``
+    (which runs each sweep completed, with its wall time), so a committed table records what
+    produced it.
     """
     results = load_results(runs_dir)
     if results.empty:
@@ -148,10 +150,18 @@ def export_results_table(runs_dir: str | Path, output: Path, command: str) -> Pa
         "git_commit": first["environment"].get("git_commit", "unknown"),
         "environment": first["environment"],
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "sweeps": _read_sweep_log(Path(runs_dir)),
     }
     write_atomic(output, results.to_csv(index=False))
     write_atomic(output.with_suffix(".provenance.json"), json.dumps(provenance, indent=2) + "\n")
     return output
+
+
+def _read_sweep_log(runs_dir: Path) -> list[dict]:
+    log = runs_dir / "sweeps.jsonl"
+    if not log.is_file():
+        return []
+    return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
 def summarize_by_lr(results: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -171,11 +181,14 @@ def summarize_by_lr(results: pd.DataFrame, metric: str) -> pd.DataFrame:
 def lr_trend(results: pd.DataFrame, metric: str) -> float:
     """Return the Spearman rank correlation between lr and ``metric`` over the runs that did not diverge.
 
-    NaN when fewer than three runs or fewer than two distinct LRs remain.
+    NaN when fewer than three runs or fewer than two distinct LRs remain; 0 when the metric has the
+    same value in all of them (a correlation is undefined there, and no trend is the fact).
     """
     usable = results[(results["status"] != "diverged") & results[metric].notna()]
     if len(usable) < 3 or usable["lr"].nunique() < 2:
         return math.nan
+    if usable[metric].nunique() == 1:
+        return 0.0
     return float(usable["lr"].rank().corr(usable[metric].rank()))
 
 

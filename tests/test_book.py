@@ -1,38 +1,24 @@
 """The book, built from a quick sweep: every chart drawn, every glued number equal to the results table."""
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from bs4 import BeautifulSoup
 
 from lrstudy.report import key_numbers
-from lrstudy.results import REPOSITORY, load_results
-from lrstudy.sweep import preset_configs, run_sweep
+from lrstudy.results import load_results
 
 pytestmark = pytest.mark.slow
 
 # Charts each page draws: one altair output per chart cell.
-CHARTS = {"results_double_mnist": 4, "results_colored_mnist": 4, "methods": 1}
+CHARTS = {"results_double_mnist": 5, "results_colored_mnist": 5, "methods": 1}
 PREFIXES = {"double_mnist": "dm", "colored_mnist": "cm"}
 
 
 @pytest.fixture(scope="module")
-def book(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("book")
-    runs_dir = folder / "runs"
-    report = run_sweep(preset_configs("quick"), runs_dir, workers=2)
-    assert not report.failed
-    jupyter_book = Path(sys.executable).parent / "jupyter-book"
-    command = [str(jupyter_book), "build", str(REPOSITORY), "--all", "--warningiserror", "--keep-going"]
-    command += ["--path-output", str(folder)]
-    environment = {**os.environ, "LRSTUDY_RUNS_DIR": str(runs_dir)}
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=900, env=environment)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return folder / "_build" / "html" / "book", runs_dir
+def book(built_book):
+    return built_book.pages, built_book.runs_dir
 
 
 def _page_text(html_dir: Path, page: str) -> str:
@@ -46,7 +32,7 @@ def _page_text(html_dir: Path, page: str) -> str:
 @pytest.mark.parametrize(("page", "charts"), CHARTS.items())
 def test_page_contains_every_chart(book, page, charts):
     html = (book[0] / f"{page}.html").read_text(encoding="utf-8")
-    assert len(set(re.findall(r'id="(altair-viz-[^"]+)"', html))) == charts
+    assert len(set(re.findall(r'id="(lrstudy-chart-[^"]+)"', html))) == charts
 
 
 @pytest.mark.parametrize(
