@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUNS ?= runs/default
 
-.PHONY: book test env study pilot benchmark clean
+.PHONY: book test env study pilot workshop benchmark clean
 
 # The virtual environment, rebuilt when the requirements or the package metadata change.
 $(STAMP): requirements.txt pyproject.toml
@@ -32,6 +32,11 @@ test: env
 pilot: env
 	$(BIN)/lrstudy -v sweep --preset pilot --runs-dir runs/pilot
 	$(BIN)/lrstudy table --runs-dir runs/pilot --output book/data/pilot_results.csv
+
+# Prepare a workshop machine: install everything and pre-run the quick preset once, so the
+# environment, the digit caches and the quick runs are ready before participants arrive.
+workshop: env
+	$(BIN)/lrstudy -v sweep --preset quick --runs-dir runs/quick
 
 benchmark: env
 	$(BIN)/python benchmarks/benchmark.py

@@ -119,16 +119,20 @@ def weight_sparsity(model: nn.Module) -> float:
 
 
 def pruning_curve(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, sparsities=PRUNING_SPARSITIES
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, sparsities=PRUNING_SPARSITIES, *, method: str = "global"
 ) -> list[dict[str, float]]:
-    """Measure accuracy on ``(x, y)`` after global magnitude pruning at each sparsity.
+    """Measure accuracy on ``(x, y)`` after magnitude pruning at each sparsity.
 
-    Returns one entry per sparsity with the requested ``sparsity``, the ``measured_sparsity`` of
-    the pruned copy and its ``accuracy``.
+    ``method`` is ``"global"`` (``prune_global``, the study's default) or ``"layerwise"``
+    (``prune_layerwise``). Returns one entry per sparsity with the requested ``sparsity``, the
+    ``measured_sparsity`` of the pruned copy and its ``accuracy``.
     """
+    if method not in PRUNING_METHODS:
+        raise ValueError(f"invalid pruning method {method!r}: expected one of {', '.join(map(repr, PRUNING_METHODS))}")
+    prune = PRUNING_METHODS[method]
     curve = []
     for sparsity in sparsities:
-        pruned = prune_global(model, sparsity)
+        pruned = prune(model, sparsity)
         logits = predict_logits(pruned, x)
         accuracy = float((logits.argmax(1) == y).float().mean()) if bool(torch.isfinite(logits).all()) else math.nan
         curve.append({"sparsity": sparsity, "measured_sparsity": weight_sparsity(pruned), "accuracy": accuracy})
@@ -204,3 +208,28 @@ def class_separation(features: torch.Tensor, labels: torch.Tensor) -> float:
     if between <= 1e-12:
         return 0.0
     return 1.0 - float(distance[same].mean()) / between
+
+
+@torch.no_grad()
+def prune_layerwise(model: nn.Module, sparsity: float) -> nn.Module:
+    """Return a copy of ``model`` in which each prunable weight has its smallest-magnitude entries set to zero.
+
+    Each weight matrix or kernel loses ``round(sparsity * n)`` entries, where ``n`` counts its own
+    entries (layer-wise magnitude pruning), so every layer keeps the same share of its weights
+    whatever their scale. As in ``prune_global``, biases are never pruned, ties are broken by
+    position so each layer loses exactly that many entries, and the model passed in is not modified.
+    """
+    if not 0.0 <= sparsity <= 1.0:
+        raise ValueError(f"invalid sparsity {sparsity!r}: expected a fraction in [0, 1]")
+    pruned = copy.deepcopy(model)
+    for w in prunable_weights(pruned):
+        magnitudes = w.detach().abs().flatten()
+        count = round(sparsity * magnitudes.numel())
+        mask = torch.ones_like(magnitudes)
+        mask[torch.argsort(magnitudes, stable=True)[:count]] = 0.0
+        w.mul_(mask.view_as(w))
+    return pruned
+
+
+# Pruning rules that ``pruning_curve`` accepts as ``method``.
+PRUNING_METHODS = {"global": prune_global, "layerwise": prune_layerwise}
