@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -228,7 +229,7 @@ def run_sweep(
     )
     if pending:
         notebook = prepare_notebook(runs_dir / ".notebook" / "run.ipynb")
-        with ProcessPoolExecutor(max_workers=workers) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=_worker_context()) as pool:
             futures = {
                 pool.submit(execute_run, notebook, c, runs_dir, device, threads, reuse_kernels): c for c in pending
             }
@@ -258,6 +259,17 @@ def _append_sweep_log(runs_dir: Path, report: SweepReport, workers: int) -> None
     }
     with open(runs_dir / "sweeps.jsonl", "a", encoding="utf-8") as log:
         log.write(json.dumps(entry) + "\n")
+
+
+def _worker_context():
+    """Return a forkserver context that preloads papermill, for the sweep's worker processes.
+
+    Forking the calling process itself can deadlock a worker when that process runs threads (a
+    browser driver in the tests, say), and spawning re-imports everything in each worker.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["lrstudy.sweep", "papermill"])
+    return context
 
 
 def _collect(futures: dict, runs_dir: Path, report: SweepReport) -> None:
