@@ -8,17 +8,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from .results import METRICS, default_runs_dir, describe_trend, load_histories, load_results, lr_trend
-
-# Metrics that Barsbey et al. (ICCV 2025, arXiv:2507.17748) report to improve with larger LRs;
-# bias-aligned accuracy is not among them.
-PREDICTED_TO_RISE = (
-    "accuracy",
-    "conflicting_accuracy",
-    "worst_group_accuracy",
-    "compressibility",
-    "activation_sparsity",
-    "class_separation",
+from .results import (
+    METRICS,
+    PREDICTED_TO_RISE,
+    default_runs_dir,
+    describe_trend,
+    load_histories,
+    load_results,
+    lr_trend,
 )
 
 

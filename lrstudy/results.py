@@ -28,6 +28,18 @@ METRICS = {
 }
 
 
+# Metrics that Barsbey et al. (ICCV 2025, arXiv:2507.17748) report to improve with larger LRs;
+# bias-aligned accuracy is not among them.
+PREDICTED_TO_RISE = (
+    "accuracy",
+    "conflicting_accuracy",
+    "worst_group_accuracy",
+    "compressibility",
+    "activation_sparsity",
+    "class_separation",
+)
+
+
 def default_runs_dir() -> Path:
     """Return the runs folder the book reads: ``$LRSTUDY_RUNS_DIR``, else ``runs/default`` in the repository."""
     return Path(os.environ.get("LRSTUDY_RUNS_DIR") or REPOSITORY / "runs" / "default")
