@@ -78,12 +78,13 @@ def key_numbers(results: pd.DataFrame) -> dict[str, float | str]:
         numbers[f"{metric}_large"] = float(means.loc[lrs[-1], metric]) if lrs else math.nan
         column = means[metric].dropna()
         numbers[f"{metric}_best_lr"] = float(column.idxmax()) if len(column) else math.nan
-        numbers[f"{metric}_trend"] = describe_trend(lr_trend(results, metric))
         measured = results.loc[results["status"] != "diverged", metric].dropna()
         if len(measured) >= 3 and measured.nunique() == 1:
             numbers[f"{metric}_trend"] = (
                 f"does not change with the learning rate: it is {measured.iloc[0]:.3f} in every run"
             )
+        else:
+            numbers[f"{metric}_trend"] = describe_trend(lr_trend(results, metric))
     numbers["agreement"] = agreement_phrase(results)
     return numbers
 

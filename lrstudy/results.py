@@ -176,20 +176,6 @@ def _read_sweep_log(runs_dir: Path) -> list[dict]:
     return [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def summarize_by_lr(results: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Return mean, standard deviation and count over seeds of ``metric`` per (dataset, lr).
-
-    Diverged runs have NaN metrics and are left out of the mean; ``runs`` counts all runs and
-    ``diverged`` the diverged ones.
-    """
-    grouped = results.groupby(["dataset", "lr"])
-    table = grouped[metric].agg(mean="mean", std="std", measured="count").reset_index()
-    table["runs"] = grouped.size().values
-    table["diverged"] = grouped["status"].apply(lambda s: int((s == "diverged").sum())).values
-    table["metric"] = metric
-    return table
-
-
 def lr_trend(results: pd.DataFrame, metric: str) -> float:
     """Return the Spearman rank correlation between lr and ``metric`` over the runs that did not diverge.
 

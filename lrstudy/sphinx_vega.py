@@ -42,7 +42,7 @@ def setup(app) -> dict:
     """Register the extension with Sphinx.
 
     It also sets ``LRSTUDY_BOOK_BUILD=1`` in this process's environment, which the kernels that
-    execute the pages inherit, so ``lrstudy.charts.enable_book_renderer`` knows it runs in a build.
+    execute the pages inherit, so ``lrstudy.charts.enable_book_renderer`` can detect that it runs in a build.
     """
     os.environ[BUILD_VARIABLE] = "1"
     app.connect("builder-inited", _add_bundle)
