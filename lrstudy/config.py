@@ -87,6 +87,13 @@ class ModelConfig:
     width: int = _param(256, help="hidden units per dense layer (mlp, cnn)", low=1, high=100_000)
     depth: int = _param(2, help="hidden dense layers (mlp)", low=1, high=50)
     bias: bool = _param(False, help="whether layers have bias terms")
+    dropout: float = _param(
+        0.0,
+        help="probability of zeroing each hidden unit after every hidden dense layer in training; 0 adds no dropout",
+        low=0.0,
+        high=1.0,
+        high_open=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,16 @@ class TrainConfig:
     lr: float = _param(0.1, help="learning rate, constant over training", low=0.0, low_open=True, high=100.0)
     momentum: float = _param(0.0, help="SGD momentum (ignored by adam)", low=0.0, high=1.0, high_open=True)
     batch_size: int = _param(100, help="samples per minibatch", low=1, high=1_000_000)
+    weight_decay: float = _param(
+        0.0, help="L2 weight decay of the optimizer (coupled, as torch's SGD and Adam apply it)", low=0.0, high=10.0
+    )
+    l1: float = _param(
+        0.0,
+        help="L1 penalty: this times the sum of absolute weight-matrix entries is added to the loss",
+        low=0.0,
+        high=10.0,
+    )
+    focal_gamma: float = _param(0.0, help="focal loss exponent gamma; 0 is cross-entropy", low=0.0, high=20.0)
     max_steps: int = _param(
         6000, help="step budget: training stops here if it has not converged", low=1, high=10_000_000
     )
@@ -106,6 +123,13 @@ class TrainConfig:
     eval_every: int = _param(250, help="steps between evaluations written to the history", low=1)
     divergence_factor: float = _param(
         100.0, help="divergence: a minibatch loss above this multiple of the initial loss", low=1.0, low_open=True
+    )
+    confidence_threshold: float = _param(
+        0.5,
+        help="mechanism tracking: a misprediction counts as confident when its max softmax probability exceeds this",
+        low=0.0,
+        high=1.0,
+        high_open=True,
     )
 
 

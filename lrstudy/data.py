@@ -424,3 +424,46 @@ def _build_split(
         core_source=index[core_rows],
         spurious_source=spurious_source,
     )
+
+
+def swap_spurious(
+    split: Split, dataset: str, core_side: str, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return copies of ``split.x`` whose spurious feature shows another class, and that class per sample.
+
+    The new class ``b'`` is uniform over the classes that are neither the label ``y`` nor the current
+    attribute ``b``, so a prediction of ``y`` follows the core feature and a prediction of ``b'``
+    follows the spurious one. For ``double_mnist`` the spurious half is taken from a random sample of
+    the same split whose attribute is ``b'`` (each class needs at least one such sample); for
+    ``colored_mnist`` the digit is recoloured with ``COLORS[b']`` (its grey image is the maximum
+    over channels, as every colour has a channel at 1). Random draws use ``generator`` (on the CPU).
+    """
+    y, b = split.y.cpu(), split.b.cpu()
+    count = len(y)
+    # Draw b' among the 10 classes minus {y, b}: rank a uniform choice among the allowed ones.
+    allowed = torch.ones(count, NUM_CLASSES, dtype=torch.bool)
+    allowed[torch.arange(count), y] = False
+    allowed[torch.arange(count), b] = False
+    scores = torch.rand(count, NUM_CLASSES, generator=generator).masked_fill(~allowed, -1.0)
+    swapped = scores.argmax(dim=1)
+    x = split.x
+    if dataset == "colored_mnist":
+        grey = x.amax(dim=1, keepdim=True)
+        return grey * COLORS.to(x.device)[swapped.to(x.device)][:, :, None, None], swapped
+    if dataset != "double_mnist":
+        raise ValueError(f"invalid dataset {dataset!r}: expected one of {', '.join(DATASETS)}")
+    missing = sorted(set(swapped.tolist()) - set(b.tolist()))
+    if missing:
+        raise ValueError(
+            f"cannot swap the spurious digit: the split has no sample with attribute {missing}; use a larger split"
+        )
+    order = torch.argsort(b, stable=True)
+    counts = torch.bincount(b, minlength=NUM_CLASSES)
+    starts = torch.cumsum(counts, 0) - counts
+    offsets = (torch.rand(count, generator=generator) * counts[swapped]).long().clamp_max(counts[swapped] - 1)
+    donors = order[starts[swapped] + offsets].to(x.device)
+    half = x.shape[-1] // 2
+    columns = slice(half, None) if core_side == "left" else slice(None, half)
+    swapped_x = x.clone()
+    swapped_x[..., columns] = x[donors][..., columns]
+    return swapped_x, swapped

@@ -15,14 +15,22 @@ from torch import nn
 from .config import ModelConfig
 
 
-class MLP(nn.Sequential):
-    """Fully connected ReLU network: flatten, ``depth`` hidden layers of ``width`` units, linear head."""
+def _dropout(probability: float) -> list[nn.Module]:
+    """Return a dropout module for ``probability`` > 0 and nothing for 0, so dropout 0 leaves the network as it was."""
+    return [nn.Dropout(probability)] if probability > 0 else []
 
-    def __init__(self, input_dim: int, num_classes: int, width: int, depth: int, bias: bool):
+
+class MLP(nn.Sequential):
+    """Fully connected ReLU network: flatten, ``depth`` hidden layers of ``width`` units, linear head.
+
+    With ``dropout`` > 0 each hidden ReLU is followed by ``nn.Dropout(dropout)``.
+    """
+
+    def __init__(self, input_dim: int, num_classes: int, width: int, depth: int, bias: bool, dropout: float = 0.0):
         layers: list[nn.Module] = [nn.Flatten()]
         fan_in = input_dim
         for _ in range(depth):
-            layers += [nn.Linear(fan_in, width, bias=bias), nn.ReLU()]
+            layers += [nn.Linear(fan_in, width, bias=bias), nn.ReLU(), *_dropout(dropout)]
             fan_in = width
         layers.append(nn.Linear(fan_in, num_classes, bias=bias))
         super().__init__(*layers)
@@ -30,9 +38,12 @@ class MLP(nn.Sequential):
 
 class SmallCNN(nn.Sequential):
     """Two 3x3 conv layers (32 and 64 channels, each followed by ReLU and 2x2 max pooling), one hidden
-    dense layer of ``width`` units and a linear head."""
+    dense layer of ``width`` units and a linear head. With ``dropout`` > 0 the hidden dense layer's ReLU
+    is followed by ``nn.Dropout(dropout)``."""
 
-    def __init__(self, input_shape: tuple[int, int, int], num_classes: int, width: int, bias: bool):
+    def __init__(
+        self, input_shape: tuple[int, int, int], num_classes: int, width: int, bias: bool, dropout: float = 0.0
+    ):
         channels, height, width_px = input_shape
         pooled = (height // 4) * (width_px // 4)
         if pooled == 0:
@@ -49,6 +60,7 @@ class SmallCNN(nn.Sequential):
             nn.Flatten(),
             nn.Linear(64 * pooled, width, bias=bias),
             nn.ReLU(),
+            *_dropout(dropout),
             nn.Linear(width, num_classes, bias=bias),
         )
 
@@ -61,9 +73,11 @@ def build_model(
     The caller seeds the global torch generator beforehand: initialisation draws from it.
     """
     if config.model == "mlp":
-        model: nn.Module = MLP(math.prod(input_shape), num_classes, config.width, config.depth, config.bias)
+        model: nn.Module = MLP(
+            math.prod(input_shape), num_classes, config.width, config.depth, config.bias, config.dropout
+        )
     elif config.model == "cnn":
-        model = SmallCNN(input_shape, num_classes, config.width, config.bias)
+        model = SmallCNN(input_shape, num_classes, config.width, config.bias, config.dropout)
     else:
         raise ValueError(f"unknown model {config.model!r}: expected 'mlp' or 'cnn'")
     return model.to(device)

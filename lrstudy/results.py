@@ -48,14 +48,16 @@ def default_runs_dir() -> Path:
 def summary_row(config: dict, summary: dict) -> dict:
     """Flatten one run's config and summary into a table row.
 
-    The pruning curve becomes columns ``pruned_accuracy_<sparsity>`` and per-layer sparsity becomes
+    The pruning curves become columns ``pruned_accuracy_<sparsity>`` (global) and
+    ``pruned_layerwise_accuracy_<sparsity>`` (layer-wise), and per-layer sparsity becomes
     ``activation_sparsity_layer<i>`` (1-based, in forward order).
     """
     row = {**config}
     for key, value in summary.items():
-        if key == "pruning_curve":
+        if key in ("pruning_curve", "pruning_curve_layerwise"):
+            prefix = "pruned_accuracy_" if key == "pruning_curve" else "pruned_layerwise_accuracy_"
             for point in value:
-                row[f"pruned_accuracy_{point['sparsity']:g}"] = point["accuracy"]
+                row[f"{prefix}{point['sparsity']:g}"] = point["accuracy"]
         elif key == "activation_sparsity_per_layer":
             for index, fraction in enumerate(value, start=1):
                 row[f"activation_sparsity_layer{index}"] = fraction

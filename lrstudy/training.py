@@ -23,8 +23,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .config import RunConfig, TrainConfig
-from .data import Split, SpuriousDataset
-from .metrics import conflicting_loss_share, hidden_activations, predict_logits
+from .data import SpuriousDataset
+from .metrics import hidden_activations, mechanism_metrics, predict_logits, prunable_weights
 from .models import build_model
 
 logger = logging.getLogger(__name__)
@@ -45,19 +45,43 @@ class TrainResult:
     eval_seconds: float = 0.0  # wall time inside periodic evaluations
 
 
-def split_loss(model: nn.Module, split: Split) -> tuple[torch.Tensor, torch.Tensor]:
-    """Return per-sample cross-entropy losses and predictions of ``model`` on ``split``."""
-    logits = predict_logits(model, split.x)
-    return F.cross_entropy(logits, split.y, reduction="none"), logits.argmax(dim=1)
+def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Return the mean focal loss ``-(1 - p_y) ** gamma * log p_y`` (Lin et al., 2017); gamma 0 is cross-entropy.
 
-
-def evaluate_step(model: nn.Module, dataset: SpuriousDataset, step: int) -> dict[str, float]:
-    """Measure one history row: training loss and accuracy, test accuracy and the conflicting loss share.
-
-    Runs without gradients in eval mode and draws no random numbers, so it changes neither the
-    model nor the training's random stream.
+    ``p_y`` is the softmax probability of the label. Larger ``gamma`` down-weights samples the network
+    already fits confidently.
     """
-    train_losses, train_predictions = split_loss(model, dataset.train)
+    log_p = F.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
+    return (-((1.0 - log_p.exp()) ** gamma) * log_p).mean()
+
+
+def training_loss(
+    model: nn.Module, logits: torch.Tensor, y: torch.Tensor, settings: TrainConfig
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return the loss to minimise and the data loss of one minibatch.
+
+    The data loss is cross-entropy, or the focal loss when ``focal_gamma`` > 0. The loss to minimise
+    adds ``l1`` times the sum of absolute entries of the weight matrices (biases are not penalised).
+    Weight decay is applied by the optimizer. Divergence is judged on the data loss alone.
+    """
+    data = F.cross_entropy(logits, y) if settings.focal_gamma == 0 else focal_loss(logits, y, settings.focal_gamma)
+    if settings.l1 == 0:
+        return data, data
+    penalty = sum(w.abs().sum() for w in prunable_weights(model))
+    return data + settings.l1 * penalty, data
+
+
+def evaluate_step(model: nn.Module, dataset: SpuriousDataset, step: int, threshold: float = 0.5) -> dict[str, float]:
+    """Measure one history row: training loss and accuracy, test accuracy and the mechanism quantities.
+
+    The mechanism quantities (``lrstudy.metrics.mechanism_metrics``, with confidence ``threshold``)
+    are measured on the whole training split, the same fixed samples at every step. Runs without
+    gradients in eval mode and draws no random numbers, so it changes neither the model nor the
+    training's random stream.
+    """
+    train_logits = predict_logits(model, dataset.train.x)
+    train_losses = F.cross_entropy(train_logits, dataset.train.y, reduction="none")
+    train_predictions = train_logits.argmax(dim=1)
     test_logits = predict_logits(model, dataset.test.x)
     finite = bool(torch.isfinite(test_logits).all())
     test_correct = (test_logits.argmax(1) == dataset.test.y).float()
@@ -70,7 +94,7 @@ def evaluate_step(model: nn.Module, dataset: SpuriousDataset, step: int) -> dict
         "test_conflicting_accuracy": float(test_correct[conflicting].mean())
         if finite and conflicting.any()
         else math.nan,
-        "conflicting_loss_share": conflicting_loss_share(train_losses, dataset.train.aligned),
+        **mechanism_metrics(train_logits, dataset.train.y, dataset.train.b, threshold),
         "predicted_classes": int(torch.unique(train_predictions).numel()),
     }
 
@@ -86,9 +110,9 @@ def is_collapsed(model: nn.Module, x: torch.Tensor) -> bool:
 def make_optimizer(config: TrainConfig, parameters) -> torch.optim.Optimizer:
     """Return the optimizer named by ``config.optimizer`` at the constant learning rate ``config.lr``."""
     if config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum)
+        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
     if config.optimizer == "adam":
-        return torch.optim.Adam(parameters, lr=config.lr)
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
     raise ValueError(f"unknown optimizer {config.optimizer!r}: expected 'sgd' or 'adam'")
 
 
@@ -112,24 +136,24 @@ def train(
         raise ValueError("the training split is empty: lower val_fraction or test_fraction")
 
     result = TrainResult(model=model, status="budget", steps=0)
-    _record(result, model, dataset, 0)
+    _record(result, model, dataset, 0, settings.confidence_threshold)
     limit = settings.divergence_factor * result.history[0]["train_loss"]
     batches = _minibatch_indices(count, settings.batch_size, order_generator, device)
     bar = tqdm(total=settings.max_steps, desc=config.run_id()[:40], disable=not progress, leave=False)
     started = time.perf_counter()
     for step in range(1, settings.max_steps + 1):
         index = next(batches)
-        loss = F.cross_entropy(model(x[index]), y[index])
+        loss, data_loss = training_loss(model, model(x[index]), y[index], settings)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         result.steps = step
-        loss_value = loss.item()
+        loss_value = data_loss.item()
         if not math.isfinite(loss_value) or loss_value > limit:
             result.divergence = "blow-up" if math.isfinite(loss_value) else "non-finite loss"
         elif step % settings.eval_every == 0 or step == settings.max_steps:
             result.train_seconds += time.perf_counter() - started
-            _record(result, model, dataset, step)
+            _record(result, model, dataset, step, settings.confidence_threshold)
             bar.update(step - bar.n)
             started = time.perf_counter()
             row = result.history[-1]
@@ -162,9 +186,9 @@ def _minibatch_indices(count: int, batch_size: int, generator: torch.Generator, 
             yield permutation[start : start + batch_size]
 
 
-def _record(result: TrainResult, model: nn.Module, dataset: SpuriousDataset, step: int) -> None:
+def _record(result: TrainResult, model: nn.Module, dataset: SpuriousDataset, step: int, threshold: float) -> None:
     started = time.perf_counter()
-    result.history.append(evaluate_step(model, dataset, step))
+    result.history.append(evaluate_step(model, dataset, step, threshold))
     result.eval_seconds += time.perf_counter() - started
 
 

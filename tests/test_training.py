@@ -150,6 +150,9 @@ def test_small_run_history_keys(small_run):
         "test_accuracy",
         "test_conflicting_accuracy",
         "conflicting_loss_share",
+        "conflicting_loss_ratio",
+        "mispredicted_conflicting_confidence",
+        "confident_spurious_fraction",
         "predicted_classes",
     }
     for row in small_run.history:
