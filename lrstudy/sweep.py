@@ -24,6 +24,7 @@ from multiprocessing.util import Finalize
 from pathlib import Path
 from typing import Any
 
+from .comparison import comparison_variants
 from .config import RunConfig
 from .records import is_complete, write_atomic
 from .results import FAILED, REPOSITORY, write_results_table
@@ -65,6 +66,14 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"core_intensity": 0.5, "spurious_intensity": 1.0},
         ],
         "grid": {"lr": [0.01, 0.03, 0.1, 0.3, 1.0], "seed": [0, 1]},
+    },
+    # LR against the other knobs (see lrstudy.comparison): one knob at a time around plain SGD at LR
+    # 0.2, on both datasets, two seeds, with half the default step budget to fit about half an hour
+    # on 2 cores. Its table is committed in book/data.
+    "comparison": {
+        "fixed": {"max_steps": 3000},
+        "variants": comparison_variants(),
+        "grid": {"dataset": ["double_mnist", "colored_mnist"], "seed": [0, 1]},
     },
 }
 
