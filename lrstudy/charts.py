@@ -111,6 +111,16 @@ def metric_vs_lr(results: pd.DataFrame, metric: str, title: str | None = None) -
     return (band + mean + points).properties(width=260, height=180, title=title or METRICS.get(metric, metric))
 
 
+def metric_by_dataset(results: pd.DataFrame, metric: str) -> alt.HConcatChart:
+    """Place one ``metric_vs_lr`` chart per dataset of ``results`` side by side, titled with the dataset."""
+    return alt.hconcat(
+        *(
+            metric_vs_lr(group, metric, f"{dataset}: {METRICS.get(metric, metric)}")
+            for dataset, group in results.groupby("dataset", sort=True)
+        )
+    )
+
+
 def metrics_grid(results: pd.DataFrame, metrics: list[str], columns: int = 2) -> alt.VConcatChart:
     """Arrange ``metric_vs_lr`` charts for ``metrics`` in rows of ``columns``."""
     charts = [metric_vs_lr(results, metric) for metric in metrics]
@@ -118,12 +128,12 @@ def metrics_grid(results: pd.DataFrame, metrics: list[str], columns: int = 2) ->
     return alt.vconcat(*rows)
 
 
-def pruning_curves(results: pd.DataFrame) -> alt.Chart:
-    """Plot unbiased test accuracy after global magnitude pruning against sparsity.
+def pruning_curves(results: pd.DataFrame, method: str = "global") -> alt.Chart:
+    """Plot unbiased test accuracy after magnitude pruning (``method``: global or layerwise) against sparsity.
 
     One line per LR, the mean over seeds.
     """
-    long = pruning_table(results).dropna(subset=["pruned_accuracy"])
+    long = pruning_table(results, method).dropna(subset=["pruned_accuracy"])
     return (
         alt.Chart(long)
         .mark_line(point=True)
@@ -137,8 +147,65 @@ def pruning_curves(results: pd.DataFrame) -> alt.Chart:
                 alt.Tooltip("mean(pruned_accuracy):Q", format=".3f"),
             ],
         )
-        .properties(width=420, height=240, title="Pruning curves")
+        .properties(width=420, height=240, title=f"Pruning curves ({PRUNING_TITLES[method]})")
     )
+
+
+PRUNING_TITLES = {"global": "global magnitude pruning", "layerwise": "layer-wise magnitude pruning"}
+
+
+def scatter(results: pd.DataFrame, x: str, y: str, x_title: str, y_title: str) -> alt.Chart:
+    """Plot one point per run of ``y`` against ``x``, coloured by LR; runs missing either value are left out."""
+    data = results.loc[results[x].notna() & results[y].notna(), ["run_id", "lr", "seed", x, y]]
+    return (
+        alt.Chart(data)
+        .mark_circle(size=50, opacity=0.8)
+        .encode(
+            x=alt.X(f"{x}:Q", title=x_title, scale=alt.Scale(zero=False)),
+            y=alt.Y(f"{y}:Q", title=y_title, scale=alt.Scale(zero=False)),
+            color=alt.Color("lr:O", title="learning rate", scale=alt.Scale(scheme="viridis")),
+            tooltip=[
+                "run_id:N",
+                alt.Tooltip("lr:Q", format="g"),
+                "seed:O",
+                alt.Tooltip(f"{x}:Q", format=".3f"),
+                alt.Tooltip(f"{y}:Q", format=".3f"),
+            ],
+        )
+        .properties(width=260, height=200)
+    )
+
+
+def correlation_heatmap(correlations: pd.DataFrame, dataset: str) -> alt.LayerChart:
+    """Draw the knob x property Spearman correlations of ``dataset`` as a heatmap with the values written in.
+
+    ``correlations`` is ``lrstudy.comparison.knob_correlations``'s table. Blue cells mean the property
+    improves as the knob moves in the direction the paper favours, red cells that it worsens;
+    unmeasured cells are grey and say "n/a".
+    """
+    data = correlations[correlations["dataset"] == dataset].copy()
+    data["label"] = data["spearman"].map(lambda value: "n/a" if pd.isna(value) else f"{value:.2f}")
+    knobs = list(dict.fromkeys(data["knob"]))
+    properties = list(dict.fromkeys(data["property"]))
+    base = alt.Chart(data).encode(
+        x=alt.X("property:N", sort=properties, title=None, axis=alt.Axis(labelAngle=-30)),
+        y=alt.Y("knob:N", sort=knobs, title=None),
+        tooltip=[
+            "knob:N",
+            "property:N",
+            alt.Tooltip("spearman:Q", format=".2f"),
+            alt.Tooltip("p_value:Q", format=".3f"),
+            "runs:Q",
+            "diverged:Q",
+        ],
+    )
+    cells = base.mark_rect().encode(
+        color=alt.Color(
+            "spearman:Q", title="Spearman", scale=alt.Scale(scheme="redblue", domain=[-1, 1]), legend=alt.Legend()
+        )
+    )
+    text = base.mark_text(fontSize=11).encode(text="label:N")
+    return (cells + text).properties(width=420, height=26 * len(knobs), title=f"Knob x property: {dataset}")
 
 
 def training_curves(histories: pd.DataFrame, column: str, title: str) -> alt.Chart:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from .results import spearman
+
 # The run every one-knob family starts from; each family changes one of these (and ``setting``).
 BASELINE = {
     "optimizer": "sgd",
@@ -89,20 +91,6 @@ def knob_runs(results: pd.DataFrame, knob: Knob) -> pd.DataFrame:
     return results[mask]
 
 
-def spearman(x: pd.Series, y: pd.Series) -> tuple[float, float]:
-    """Return the Spearman correlation of ``x`` and ``y`` and its two-sided p-value.
-
-    NaN for both when fewer than three pairs remain or either side is constant, where the
-    correlation is undefined.
-    """
-    from scipy.stats import spearmanr
-
-    if len(x) < 3 or x.nunique() < 2 or y.nunique() < 2:
-        return math.nan, math.nan
-    result = spearmanr(x, y)
-    return float(result.statistic), float(result.pvalue)
-
-
 def knob_correlations(results: pd.DataFrame, properties: dict[str, str] = PROPERTIES) -> pd.DataFrame:
     """Correlate each knob with each property, per dataset, over the runs that did not diverge.
 
@@ -153,5 +141,5 @@ def in_tandem(correlations: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
         )
 
     summary = correlations.groupby(["dataset", "knob"], sort=False).apply(summarise, include_groups=False)
-    summary = summary.reset_index()
+    summary = summary.reset_index().astype({"improved": int, "measured": int, "properties": int})
     return summary.sort_values(["dataset", "score"], ascending=[True, False], na_position="last").reset_index(drop=True)

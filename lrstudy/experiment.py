@@ -30,6 +30,7 @@ from .metrics import (
     pruning_curve,
 )
 from .records import environment_info, write_record
+from .results import MECHANISM
 from .training import TrainResult, train
 
 logger = logging.getLogger(__name__)
@@ -42,13 +43,6 @@ ATTRIBUTION_SAMPLES = 256
 SHAP_BASELINES = 64
 # Early training, for the mechanism: the evaluations after step 0 and up to this step.
 EARLY_STEPS = 500
-# History quantities of the paper's proposed mechanism (see ``lrstudy.metrics.mechanism_metrics``).
-MECHANISM = (
-    "conflicting_loss_share",
-    "conflicting_loss_ratio",
-    "mispredicted_conflicting_confidence",
-    "confident_spurious_fraction",
-)
 # Scalar metrics of ``final_metrics``, all NaN for a diverged run.
 FINAL_SCALARS = (
     "accuracy",

@@ -366,7 +366,7 @@ def class_selectivity(activations: torch.Tensor, labels: torch.Tensor) -> float:
     if len(classes) < 2:
         return math.nan
     means = torch.stack([units[labels == c].mean(dim=0) for c in classes])  # (classes, units)
-    top, top_class = means.max(dim=0)
+    top = means.max(dim=0).values
     rest = (means.sum(dim=0) - top) / (len(classes) - 1)
     live = (top + rest) > 0
     if not bool(live.any()):

@@ -9,13 +9,17 @@ from pathlib import Path
 import pandas as pd
 
 from .results import (
+    MECHANISM,
     METRICS,
     PREDICTED_TO_RISE,
+    REPOSITORY,
+    RESULTS_CHAPTER_METRICS,
     default_runs_dir,
     describe_trend,
     load_histories,
     load_results,
     lr_trend,
+    spearman,
 )
 
 
@@ -137,8 +141,8 @@ def load_chapter(dataset: str, runs_dir: str | Path | None = None) -> Chapter:
     return Chapter(dataset, runs_dir, results, histories, key_numbers(results), all_results, all_histories)
 
 
-def key_numbers_table(numbers: dict[str, float | str]) -> pd.DataFrame:
-    """Lay out the per-metric key numbers as a table: one row per metric."""
+def key_numbers_table(numbers: dict[str, float | str], metrics=RESULTS_CHAPTER_METRICS) -> pd.DataFrame:
+    """Lay out the key numbers of ``metrics`` as a table: one row per metric."""
     rows = [
         {
             "metric": description,
@@ -147,7 +151,7 @@ def key_numbers_table(numbers: dict[str, float | str]) -> pd.DataFrame:
             "LR with the highest mean": numbers[f"{metric}_best_lr"],
             "trend": numbers[f"{metric}_trend"],
         }
-        for metric, description in METRICS.items()
+        for metric, description in ((m, METRICS[m]) for m in metrics)
     ]
     return pd.DataFrame(rows)
 
@@ -162,3 +166,108 @@ def csv_download_link(table: pd.DataFrame, filename: str, text: str):
     encoded = base64.b64encode(table.to_csv(index=False).encode("utf-8")).decode("ascii")
     name = html.escape(filename, quote=True)
     return HTML(f'<a download="{name}" href="data:text/csv;base64,{encoded}">{html.escape(text)}</a>')
+
+
+# Final robustness that the early mechanism values are correlated with.
+ROBUSTNESS = {"conflicting_accuracy": "bias-conflicting accuracy", "accuracy": "unbiased test accuracy"}
+
+
+def mechanism_correlations(results: pd.DataFrame) -> pd.DataFrame:
+    """Correlate each early mechanism value (``early_<name>`` columns) with the LR and with final robustness.
+
+    Over the runs of ``results`` that did not diverge and have both values, all LRs and seeds
+    together. One row per (quantity, against) with ``spearman``, ``p_value`` and ``runs``.
+    """
+    stable = results[results["status"] != "diverged"]
+    rows = []
+    for name, label in MECHANISM.items():
+        early = f"early_{name}"
+        for against, against_label in {"lr": "learning rate", **ROBUSTNESS}.items():
+            usable = stable[[early, against]].dropna()
+            rho, p_value = spearman(usable[early], usable[against])
+            rows.append(
+                {
+                    "quantity": label,
+                    "name": name,
+                    "against": against_label,
+                    "against_name": against,
+                    "spearman": rho,
+                    "p_value": p_value,
+                    "runs": len(usable),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def glue_correlations(correlations: pd.DataFrame, prefix: str) -> None:
+    """Glue each correlation as ``<prefix>_<name>_<against_name>`` (float) and its p-value and run count."""
+    numbers: dict[str, float | str] = {}
+    for row in correlations.itertuples():
+        key = f"{row.name}_{row.against_name}"
+        numbers[key] = row.spearman
+        numbers[f"{key}_p"] = row.p_value
+        numbers[f"{key}_runs"] = int(row.runs)
+    glue_key_numbers(numbers, prefix)
+
+
+# The committed table of the comparison preset, read by the book's comparison chapter.
+COMPARISON_TABLE = REPOSITORY / "book" / "data" / "comparison_results.csv"
+
+
+def correlation_phrase(rho: float, p_value: float, runs: int) -> str:
+    """Describe one Spearman correlation for the prose: its value, p-value and run count, or why it is missing."""
+    if math.isnan(rho):
+        return f"no measurable correlation ({runs} usable runs; it needs three, with values that vary)"
+    return f"a Spearman correlation of {rho:.2f} (p = {p_value:.3g}, {runs} runs)"
+
+
+def load_comparison(path: str | Path = COMPARISON_TABLE) -> tuple[pd.DataFrame, dict]:
+    """Read the committed comparison table and its provenance file (``<stem>.provenance.json``)."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no comparison table at {path}: run `make comparison` to produce it")
+    provenance_file = path.with_suffix(".provenance.json")
+    provenance = json.loads(provenance_file.read_text(encoding="utf-8")) if provenance_file.is_file() else {}
+    return pd.read_csv(path), provenance
+
+
+def comparison_numbers(scores: pd.DataFrame, lr_knob: str) -> dict[str, float | str]:
+    """Summarise ``lrstudy.comparison.in_tandem`` scores per dataset for the prose, keyed ``<dataset>_<name>``.
+
+    ``winner`` (the knob with the highest in-tandem score) and ``winner_score``; ``lr_score``,
+    ``lr_rank`` (1 is best) and ``lr_improved`` for ``lr_knob``; ``knobs`` (how many have a score);
+    and ``verdict``, a sentence saying whether ``lr_knob`` wins.
+    """
+    numbers: dict[str, float | str] = {}
+    for dataset, group in scores.groupby("dataset", sort=True):
+        scored = group.dropna(subset=["score"]).sort_values("score", ascending=False).reset_index(drop=True)
+        lr_rows = scored.index[scored["knob"] == lr_knob]
+        lr_rank = int(lr_rows[0]) + 1 if len(lr_rows) else math.nan
+        lr_row = group[group["knob"] == lr_knob]
+        lr_score = float(lr_row["score"].iloc[0]) if len(lr_row) else math.nan
+        winner = scored["knob"].iloc[0] if len(scored) else "none"
+        if not len(scored):
+            verdict = "no knob could be scored on this dataset"
+        elif lr_rank == 1:
+            verdict = f"the {lr_knob} has the highest in-tandem score of the {len(scored)} knobs scored"
+        elif isinstance(lr_rank, int):
+            verdict = (
+                f"the {lr_knob} ranks {lr_rank} of {len(scored)}: {winner} has the highest in-tandem score "
+                f"({scored['score'].iloc[0]:.2f} against {lr_score:.2f})"
+            )
+        else:
+            verdict = f"the {lr_knob} could not be scored; {winner} has the highest in-tandem score"
+        numbers.update(
+            {
+                f"{dataset}_winner": winner,
+                f"{dataset}_winner_score": float(scored["score"].iloc[0]) if len(scored) else math.nan,
+                f"{dataset}_lr_score": lr_score,
+                f"{dataset}_lr_rank": lr_rank,
+                f"{dataset}_lr_improved": int(lr_row["improved"].iloc[0]) if len(lr_row) else 0,
+                f"{dataset}_knobs": len(scored),
+                f"{dataset}_verdict": verdict,
+            }
+        )
+    return numbers

@@ -25,6 +25,34 @@ METRICS = {
     "compressibility": "compressibility",
     "activation_sparsity": "activation sparsity",
     "class_separation": "class separation",
+    "compressibility_layerwise": "compressibility (layer-wise pruning)",
+    "kappa_compressibility": "best-kappa compressibility",
+    "kappa_compressibility_global": "best-kappa compressibility (global)",
+    "activation_pq_index": "activation PQ-index",
+    "class_selectivity": "class selectivity",
+    "core_attribution_ig": "core share of attribution (IG)",
+    "core_attribution_shap": "core share of attribution (GradientShap)",
+    "counterfactual_core": "swap test: follows the core",
+    "counterfactual_spurious": "swap test: follows the spurious feature",
+}
+
+# The metrics of the per-dataset results chapters' key-number tables.
+RESULTS_CHAPTER_METRICS = (
+    "accuracy",
+    "conflicting_accuracy",
+    "aligned_accuracy",
+    "worst_group_accuracy",
+    "compressibility",
+    "activation_sparsity",
+    "class_separation",
+)
+
+# History columns of the paper's proposed mechanism, with the name the book prints for each.
+MECHANISM = {
+    "conflicting_loss_share": "bias-conflicting share of training loss",
+    "conflicting_loss_ratio": "conflicting / aligned mean loss",
+    "mispredicted_conflicting_confidence": "confidence of mispredicted conflicting samples",
+    "confident_spurious_fraction": "conflicting samples confidently predicted as the spurious class",
 }
 
 
@@ -125,16 +153,24 @@ def load_histories(runs_dir: str | Path) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def pruning_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Reshape the ``pruned_accuracy_<s>`` columns into long format: one row per (run, sparsity)."""
-    columns = [c for c in results.columns if c.startswith("pruned_accuracy_")]
+# Column prefixes of the pruning curves in the results table, by pruning method.
+PRUNING_PREFIXES = {"global": "pruned_accuracy_", "layerwise": "pruned_layerwise_accuracy_"}
+
+
+def pruning_table(results: pd.DataFrame, method: str = "global") -> pd.DataFrame:
+    """Reshape the pruning curve columns of ``method`` (global or layerwise) into long format: one row per
+    (run, sparsity), with the pruned accuracy in ``pruned_accuracy``."""
+    if method not in PRUNING_PREFIXES:
+        raise ValueError(f"invalid pruning method {method!r}: expected one of {', '.join(PRUNING_PREFIXES)}")
+    prefix = PRUNING_PREFIXES[method]
+    columns = [c for c in results.columns if c.startswith(prefix)]
     long = results.melt(
         id_vars=["run_id", "dataset", "lr", "seed", "status"],
         value_vars=columns,
         var_name="sparsity",
         value_name="pruned_accuracy",
     )
-    long["sparsity"] = long["sparsity"].str.removeprefix("pruned_accuracy_").astype(float)
+    long["sparsity"] = long["sparsity"].str.removeprefix(prefix).astype(float)
     return long
 
 
@@ -190,6 +226,20 @@ def lr_trend(results: pd.DataFrame, metric: str) -> float:
     if usable[metric].nunique() == 1:
         return 0.0
     return float(usable["lr"].rank().corr(usable[metric].rank()))
+
+
+def spearman(x: pd.Series, y: pd.Series) -> tuple[float, float]:
+    """Return the Spearman correlation of ``x`` and ``y`` and its two-sided p-value (scipy).
+
+    NaN for both when fewer than three pairs remain or either side is constant, where the
+    correlation is undefined.
+    """
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or x.nunique() < 2 or y.nunique() < 2:
+        return math.nan, math.nan
+    result = spearmanr(x, y)
+    return float(result.statistic), float(result.pvalue)
 
 
 def describe_trend(correlation: float, threshold: float = 0.5) -> str:
