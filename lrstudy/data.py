@@ -438,6 +438,8 @@ def swap_spurious(
     ``colored_mnist`` the digit is recoloured with ``COLORS[b']`` (its grey image is the maximum
     over channels, as every colour has a channel at 1). Random draws use ``generator`` (on the CPU).
     """
+    if core_side not in SIDES:
+        raise ValueError(f"invalid core_side {core_side!r}: expected one of {', '.join(SIDES)}")
     y, b = split.y.cpu(), split.b.cpu()
     count = len(y)
     # Draw b' among the 10 classes minus {y, b}: rank a uniform choice among the allowed ones.

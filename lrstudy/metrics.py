@@ -446,6 +446,8 @@ def core_attribution_share(attributions: torch.Tensor, dataset: str, core_side: 
       sum ||hue component||)`` over pixels.
     The spurious share is ``1 - core share``.
     """
+    if core_side not in ("left", "right"):
+        raise ValueError(f"invalid core_side {core_side!r}: expected 'left' or 'right'")
     if dataset == "double_mnist":
         magnitude = attributions.abs().sum(dim=1)  # (N, H, W), channels summed
         half = magnitude.shape[-1] // 2

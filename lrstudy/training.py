@@ -52,7 +52,10 @@ def focal_loss(logits: torch.Tensor, y: torch.Tensor, gamma: float) -> torch.Ten
     already fits confidently.
     """
     log_p = F.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
-    return (-((1.0 - log_p.exp()) ** gamma) * log_p).mean()
+    # 1 - p_y, clamped away from 0: for gamma < 1 the power's derivative is infinite at 0, and a
+    # sample fitted to float precision would otherwise turn the gradient into NaN.
+    one_minus_p = (-torch.expm1(log_p)).clamp_min(1e-12)
+    return (-(one_minus_p**gamma) * log_p).mean()
 
 
 def training_loss(
