@@ -233,41 +233,59 @@ def load_comparison(path: str | Path = COMPARISON_TABLE) -> tuple[pd.DataFrame, 
     return pd.read_csv(path), provenance
 
 
-def comparison_numbers(scores: pd.DataFrame, lr_knob: str) -> dict[str, float | str]:
+def comparison_numbers(scores: pd.DataFrame, lr_knobs: list[str]) -> dict[str, float | str]:
     """Summarise ``lrstudy.comparison.in_tandem`` scores per dataset for the prose, keyed ``<dataset>_<name>``.
 
-    ``winner`` (the knob with the highest in-tandem score) and ``winner_score``; ``lr_score``,
-    ``lr_rank`` (1 is best) and ``lr_improved`` for ``lr_knob``; ``knobs`` (how many have a score);
-    and ``verdict``, a sentence saying whether ``lr_knob`` wins.
+    ``lr_knobs`` names the knobs that vary the learning rate, the plain one first. Keys: ``winner``
+    (the knob with the highest in-tandem score) and ``winner_score``; ``lr_score``, ``lr_rank`` (1 is
+    best) and ``lr_improved`` of the plain LR knob; ``knobs`` (how many have a score); and
+    ``verdict``, a sentence saying whether a learning-rate knob wins and whether any knob improves
+    every property together (a score above 0).
     """
     numbers: dict[str, float | str] = {}
+    plain = lr_knobs[0]
     for dataset, group in scores.groupby("dataset", sort=True):
         scored = group.dropna(subset=["score"]).sort_values("score", ascending=False).reset_index(drop=True)
-        lr_rows = scored.index[scored["knob"] == lr_knob]
-        lr_rank = int(lr_rows[0]) + 1 if len(lr_rows) else math.nan
-        lr_row = group[group["knob"] == lr_knob]
-        lr_score = float(lr_row["score"].iloc[0]) if len(lr_row) else math.nan
-        winner = scored["knob"].iloc[0] if len(scored) else "none"
-        if not len(scored):
-            verdict = "no knob could be scored on this dataset"
-        elif lr_rank == 1:
-            verdict = f"the {lr_knob} has the highest in-tandem score of the {len(scored)} knobs scored"
-        elif isinstance(lr_rank, int):
-            verdict = (
-                f"the {lr_knob} ranks {lr_rank} of {len(scored)}: {winner} has the highest in-tandem score "
-                f"({scored['score'].iloc[0]:.2f} against {lr_score:.2f})"
-            )
-        else:
-            verdict = f"the {lr_knob} could not be scored; {winner} has the highest in-tandem score"
+        ranks = {knob: index + 1 for index, knob in enumerate(scored["knob"])}
+        score_of = dict(zip(scored["knob"], scored["score"], strict=True))
+        plain_row = group[group["knob"] == plain]
         numbers.update(
             {
-                f"{dataset}_winner": winner,
+                f"{dataset}_winner": scored["knob"].iloc[0] if len(scored) else "none",
                 f"{dataset}_winner_score": float(scored["score"].iloc[0]) if len(scored) else math.nan,
-                f"{dataset}_lr_score": lr_score,
-                f"{dataset}_lr_rank": lr_rank,
-                f"{dataset}_lr_improved": int(lr_row["improved"].iloc[0]) if len(lr_row) else 0,
+                f"{dataset}_lr_score": score_of.get(plain, math.nan),
+                f"{dataset}_lr_rank": ranks.get(plain, math.nan),
+                f"{dataset}_lr_improved": int(plain_row["improved"].iloc[0]) if len(plain_row) else 0,
                 f"{dataset}_knobs": len(scored),
-                f"{dataset}_verdict": verdict,
+                f"{dataset}_verdict": _verdict(scored, ranks, score_of, lr_knobs),
             }
         )
     return numbers
+
+
+def _verdict(scored: pd.DataFrame, ranks: dict, score_of: dict, lr_knobs: list[str]) -> str:
+    if not len(scored):
+        return "no knob could be scored on this dataset"
+    winner, best = scored["knob"].iloc[0], float(scored["score"].iloc[0])
+    plain = lr_knobs[0]
+    ranked_lr = sorted((knob for knob in lr_knobs if knob in ranks), key=ranks.get)
+    if not ranked_lr:
+        sentence = f"{winner} has the highest in-tandem score ({best:.2f}); no learning-rate knob could be scored"
+    elif ranks[ranked_lr[0]] == 1:
+        sentence = (
+            f"a learning-rate knob wins: {winner} has the highest in-tandem score of the {len(scored)} knobs "
+            f"({best:.2f})"
+        )
+        if winner != plain and plain in ranks:
+            sentence += f", and the {plain} ranks {ranks[plain]} ({score_of[plain]:.2f})"
+    else:
+        lr_best = ranked_lr[0]
+        sentence = (
+            f"{winner} has the highest in-tandem score ({best:.2f}); the best learning-rate knob, {lr_best}, "
+            f"ranks {ranks[lr_best]} of {len(scored)} ({score_of[lr_best]:.2f})"
+        )
+        if lr_best != plain and plain in ranks:
+            sentence += f", and the {plain} ranks {ranks[plain]} ({score_of[plain]:.2f})"
+    if best <= 0:
+        sentence += ". No knob improves all five properties together here: every score is at most 0"
+    return sentence

@@ -9,7 +9,7 @@ import vl_convert
 
 from lrstudy import charts
 from lrstudy.comparison import BASELINE, KNOBS, PROPERTIES, comparison_variants, in_tandem, knob_correlations, knob_runs
-from lrstudy.report import comparison_numbers, correlation_phrase, mechanism_correlations
+from lrstudy.report import comparison_numbers, correlation_phrase, load_comparison, mechanism_correlations
 from lrstudy.results import MECHANISM
 from lrstudy.sweep import preset_configs
 
@@ -118,17 +118,31 @@ def test_in_tandem_ignores_insignificant_improvements():
 
 
 def test_comparison_numbers_names_the_winner_when_lr_loses():
-    scores = in_tandem(_correlations({"lr": [0.3] * 5, "dropout": [0.6] * 5}))
-    numbers = comparison_numbers(scores, "lr")
+    scores = in_tandem(_correlations({"lr": [0.3] * 5, "lr adam": [0.2] * 5, "dropout": [0.6] * 5}))
+    numbers = comparison_numbers(scores, ["lr", "lr adam"])
     assert numbers["d_winner"] == "dropout"
     assert numbers["d_lr_rank"] == 2
-    assert numbers["d_verdict"] == "the lr ranks 2 of 2: dropout has the highest in-tandem score (0.60 against 0.30)"
+    assert numbers["d_verdict"] == (
+        "dropout has the highest in-tandem score (0.60); the best learning-rate knob, lr, ranks 2 of 3 (0.30)"
+    )
 
 
-def test_comparison_numbers_when_lr_wins():
-    numbers = comparison_numbers(in_tandem(_correlations({"lr": [0.7] * 5, "dropout": [0.1] * 5})), "lr")
-    assert numbers["d_lr_rank"] == 1
-    assert numbers["d_verdict"] == "the lr has the highest in-tandem score of the 2 knobs scored"
+def test_comparison_numbers_when_another_lr_knob_wins():
+    scores = in_tandem(_correlations({"lr": [0.3] * 5, "lr cnn": [0.7] * 5, "dropout": [0.1] * 5}))
+    numbers = comparison_numbers(scores, ["lr", "lr cnn"])
+    assert numbers["d_lr_rank"] == 2
+    assert numbers["d_verdict"] == (
+        "a learning-rate knob wins: lr cnn has the highest in-tandem score of the 3 knobs (0.70), "
+        "and the lr ranks 2 (0.30)"
+    )
+
+
+def test_comparison_numbers_says_when_no_knob_improves_everything():
+    numbers = comparison_numbers(in_tandem(_correlations({"lr": [-0.1] * 5, "dropout": [-0.4] * 5})), ["lr"])
+    assert numbers["d_verdict"] == (
+        "a learning-rate knob wins: lr has the highest in-tandem score of the 2 knobs (-0.10). "
+        "No knob improves all five properties together here: every score is at most 0"
+    )
 
 
 def test_mechanism_correlations_against_lr_and_robustness():
@@ -155,3 +169,11 @@ def test_heatmap_draws_every_cell():
     assert svg.count(">n/a</text>") == 1
     assert ">0.50</text>" in svg
     assert ">-0.50</text>" in svg
+
+
+def test_committed_table_holds_every_run_of_the_preset():
+    results, provenance = load_comparison()
+    expected = {config.run_id() for config in preset_configs("comparison")}
+    assert set(results["run_id"]) == expected
+    assert provenance["command"].startswith("lrstudy table --runs-dir")
+    assert provenance["runs"] == len(expected)
