@@ -71,8 +71,11 @@ def _command_sweep(args: argparse.Namespace) -> int:
         configs = select_shard(configs, args.shard)
     runs_dir = Path(args.runs_dir or REPOSITORY / "runs" / args.preset)
     if args.list:
-        for config in configs:
-            print(config.run_id())
+        try:
+            for config in configs:
+                print(config.run_id())
+        except BrokenPipeError:  # the reader stopped early (``| head``): not an error
+            sys.stdout = None
         return 0
     report = run_sweep(
         configs,

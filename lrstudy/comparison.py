@@ -1,10 +1,10 @@
 """LR against the other knobs: which hyperparameter improves the paper's properties together?
 
 The ``comparison`` preset varies one knob at a time around a baseline (plain SGD at LR 0.2, batch
-100, no regularisation, the MLP) on both datasets, and varies the LR under SGD with momentum, under
+100, no regularization, the MLP) on both datasets, and varies the LR under SGD with momentum, under
 Adam and for the CNN. For each knob and property, ``knob_correlations`` gives the Spearman rank
 correlation between the knob's value, signed so that a positive value means "in the direction the
-paper favours" (larger LR, smaller batch, more momentum or regularisation), and the property.
+paper favours" (larger LR, smaller batch, more momentum or regularization), and the property.
 
 The "in tandem" score of a knob is the smallest of its correlations over the five properties: it is
 high only when every property improves together, which is the paper's claim, and one property that

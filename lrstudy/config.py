@@ -195,8 +195,8 @@ def parameter_help() -> dict[str, str]:
     for part in _PARTS.values():
         for f in dataclasses.fields(part):
             text = f"{f.metadata['help']} (default {f.default!r}"
-            if f.metadata["choices"]:
-                text += f"; one of {', '.join(f.metadata['choices'])}"
+            if f.metadata["choices"] or f.metadata["low"] is not None or f.metadata["high"] is not None:
+                text += f"; {_accepted(f.metadata)}"
             helps[f.name] = text + ")"
     helps["seed"] = "seed of the data split, the initialisation and the minibatch order (default 0)"
     return helps

@@ -23,24 +23,28 @@ from .results import (
 )
 
 
-def agreement_phrase(results: pd.DataFrame, threshold: float = 0.5) -> str:
-    """Say which of the metrics in ``PREDICTED_TO_RISE`` rise with the LR here and which do not.
+def agreement_phrase(
+    results: pd.DataFrame, threshold: float = 0.5, metrics=PREDICTED_TO_RISE, noun: str = "properties"
+) -> str:
+    """Say which of ``metrics`` (default: those in ``PREDICTED_TO_RISE``) rise with the LR here and which do not.
 
     A metric rises when the Spearman correlation between LR and the metric, over runs that did not
-    diverge, is at least ``threshold`` (the same rule as ``describe_trend``).
+    diverge, is at least ``threshold`` (the same rule as ``describe_trend``). ``noun`` names the
+    metrics in the sentence, e.g. "measures of compressibility".
     """
     rising, other = [], []
-    for metric in PREDICTED_TO_RISE:
+    for metric in metrics:
         correlation = lr_trend(results, metric)
         (rising if correlation >= threshold else other).append(METRICS[metric])
+    subject = f"{noun} the paper ties to large LRs"
     if not rising:
-        return f"none of the {len(other)} properties the paper ties to large LRs rises with the LR here"
+        return f"none of the {len(other)} {subject} rises with the LR here"
     if not other:
-        return f"all {len(rising)} properties the paper ties to large LRs rise with the LR here"
+        return f"all {len(rising)} {subject} rise with the LR here"
     rise = "rises" if len(rising) == 1 else "rise"
     do_not = "does not" if len(other) == 1 else "do not"
     return (
-        f"{len(rising)} of the {len(PREDICTED_TO_RISE)} properties the paper ties to large LRs {rise} with the LR "
+        f"{len(rising)} of the {len(metrics)} {subject} {rise} with the LR "
         f"here ({', '.join(rising)}); {', '.join(other)} {do_not}"
     )
 
@@ -148,7 +152,7 @@ def key_numbers_table(numbers: dict[str, float | str], metrics=RESULTS_CHAPTER_M
             "metric": description,
             f"mean at LR {numbers['lr_small']:g}": numbers[f"{metric}_small"],
             f"mean at LR {numbers['lr_large']:g}": numbers[f"{metric}_large"],
-            "LR with the highest mean": numbers[f"{metric}_best_lr"],
+            "LR with the highest mean": f"{numbers[f'{metric}_best_lr']:g}",
             "trend": numbers[f"{metric}_trend"],
         }
         for metric, description in ((m, METRICS[m]) for m in metrics)
@@ -246,7 +250,8 @@ def comparison_numbers(scores: pd.DataFrame, lr_knobs: list[str]) -> dict[str, f
     plain = lr_knobs[0]
     for dataset, group in scores.groupby("dataset", sort=True):
         scored = group.dropna(subset=["score"]).sort_values("score", ascending=False).reset_index(drop=True)
-        ranks = {knob: index + 1 for index, knob in enumerate(scored["knob"])}
+        # Tied scores share the best rank among them, so a tie is never reported as a win.
+        ranks = dict(zip(scored["knob"], scored["score"].rank(method="min", ascending=False).astype(int), strict=True))
         score_of = dict(zip(scored["knob"], scored["score"], strict=True))
         plain_row = group[group["knob"] == plain]
         numbers.update(
@@ -266,11 +271,17 @@ def comparison_numbers(scores: pd.DataFrame, lr_knobs: list[str]) -> dict[str, f
 def _verdict(scored: pd.DataFrame, ranks: dict, score_of: dict, lr_knobs: list[str]) -> str:
     if not len(scored):
         return "no knob could be scored on this dataset"
-    winner, best = scored["knob"].iloc[0], float(scored["score"].iloc[0])
+    best = float(scored["score"].iloc[0])
+    leaders = [knob for knob, rank in ranks.items() if rank == 1]
+    winner = leaders[0] if len(leaders) == 1 else " and ".join(leaders) + " (tied)"
     plain = lr_knobs[0]
     ranked_lr = sorted((knob for knob in lr_knobs if knob in ranks), key=ranks.get)
     if not ranked_lr:
-        sentence = f"{winner} has the highest in-tandem score ({best:.2f}); no learning-rate knob could be scored"
+        sentence = f"{winner}: highest in-tandem score ({best:.2f}); no learning-rate knob could be scored"
+    elif ranks[ranked_lr[0]] == 1 and len(leaders) > 1:
+        sentence = f"{' and '.join(leaders)} share the highest in-tandem score of the {len(scored)} knobs ({best:.2f})"
+        if plain in ranks and ranks[plain] != 1:
+            sentence += f", and the {plain} ranks {ranks[plain]} ({score_of[plain]:.2f})"
     elif ranks[ranked_lr[0]] == 1:
         sentence = (
             f"a learning-rate knob wins: {winner} has the highest in-tandem score of the {len(scored)} knobs "
@@ -281,7 +292,7 @@ def _verdict(scored: pd.DataFrame, ranks: dict, score_of: dict, lr_knobs: list[s
     else:
         lr_best = ranked_lr[0]
         sentence = (
-            f"{winner} has the highest in-tandem score ({best:.2f}); the best learning-rate knob, {lr_best}, "
+            f"{winner}: highest in-tandem score ({best:.2f}); the best learning-rate knob, {lr_best}, "
             f"ranks {ranks[lr_best]} of {len(scored)} ({score_of[lr_best]:.2f})"
         )
         if lr_best != plain and plain in ranks:
@@ -289,3 +300,33 @@ def _verdict(scored: pd.DataFrame, ranks: dict, score_of: dict, lr_knobs: list[s
     if best <= 0:
         sentence += ". No knob improves all five properties together here: every score is at most 0"
     return sentence
+
+
+def mechanism_verdict(correlations: pd.DataFrame, name: str = "conflicting_loss_share", alpha: float = 0.05) -> str:
+    """Say whether both links of the paper's argument appear for the early value of ``name``.
+
+    Link one: a larger LR raises the early value (positive Spearman correlation with the LR, p <
+    ``alpha``). Link two: runs with a higher early value end up more robust (positive correlation
+    with the final bias-conflicting accuracy, p < ``alpha``).
+    """
+    table = correlations.set_index(["name", "against_name"])
+
+    def holds(against: str) -> bool:
+        row = table.loc[(name, against)]
+        return bool(row["spearman"] > 0 and row["p_value"] < alpha)
+
+    label = MECHANISM[name]
+    raises, predicts = holds("lr"), holds("conflicting_accuracy")
+    if raises and predicts:
+        return (
+            f"both links of the argument appear for the {label}: a larger LR raises it early, "
+            "and runs with a higher early value end up more robust"
+        )
+    if raises:
+        return (
+            f"a larger LR raises the early {label}, "
+            "but runs with a higher early value do not end up measurably more robust"
+        )
+    if predicts:
+        return f"runs with a higher early {label} end up more robust, but a larger LR does not measurably raise it"
+    return f"neither link of the argument appears for the {label} at the 5% level"

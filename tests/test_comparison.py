@@ -9,7 +9,13 @@ import vl_convert
 
 from lrstudy import charts
 from lrstudy.comparison import BASELINE, KNOBS, PROPERTIES, comparison_variants, in_tandem, knob_correlations, knob_runs
-from lrstudy.report import comparison_numbers, correlation_phrase, load_comparison, mechanism_correlations
+from lrstudy.report import (
+    comparison_numbers,
+    correlation_phrase,
+    load_comparison,
+    mechanism_correlations,
+    mechanism_verdict,
+)
 from lrstudy.results import MECHANISM
 from lrstudy.sweep import preset_configs
 
@@ -123,7 +129,7 @@ def test_comparison_numbers_names_the_winner_when_lr_loses():
     assert numbers["d_winner"] == "dropout"
     assert numbers["d_lr_rank"] == 2
     assert numbers["d_verdict"] == (
-        "dropout has the highest in-tandem score (0.60); the best learning-rate knob, lr, ranks 2 of 3 (0.30)"
+        "dropout: highest in-tandem score (0.60); the best learning-rate knob, lr, ranks 2 of 3 (0.30)"
     )
 
 
@@ -134,6 +140,15 @@ def test_comparison_numbers_when_another_lr_knob_wins():
     assert numbers["d_verdict"] == (
         "a learning-rate knob wins: lr cnn has the highest in-tandem score of the 3 knobs (0.70), "
         "and the lr ranks 2 (0.30)"
+    )
+
+
+def test_comparison_numbers_reports_a_tie_as_a_tie():
+    scores = in_tandem(_correlations({"lr": [0.1] * 5, "lr momentum": [0.4] * 5, "momentum": [0.4] * 5}))
+    numbers = comparison_numbers(scores, ["lr", "lr momentum"])
+    assert numbers["d_lr_rank"] == 3
+    assert numbers["d_verdict"] == (
+        "lr momentum and momentum share the highest in-tandem score of the 3 knobs (0.40), and the lr ranks 3 (0.10)"
     )
 
 
@@ -177,3 +192,24 @@ def test_committed_table_holds_every_run_of_the_preset():
     assert set(results["run_id"]) == expected
     assert provenance["command"].startswith("lrstudy table --runs-dir")
     assert provenance["runs"] == len(expected)
+
+
+def _mechanism_table(lr_rho: float, lr_p: float, robust_rho: float, robust_p: float) -> pd.DataFrame:
+    rows = []
+    for name in MECHANISM:
+        rows.append({"name": name, "against_name": "lr", "spearman": lr_rho, "p_value": lr_p})
+        rows.append({"name": name, "against_name": "conflicting_accuracy", "spearman": robust_rho, "p_value": robust_p})
+    return pd.DataFrame(rows)
+
+
+@pytest.mark.parametrize(
+    ("values", "start"),
+    [
+        ((0.9, 0.001, 0.7, 0.01), "both links of the argument appear"),
+        ((0.9, 0.001, 0.3, 0.2), "a larger LR raises the early"),
+        ((0.1, 0.6, 0.7, 0.01), "runs with a higher early"),
+        ((-0.9, 0.001, -0.7, 0.01), "neither link of the argument appears"),
+    ],
+)
+def test_mechanism_verdict_names_the_links_that_hold(values, start):
+    assert mechanism_verdict(_mechanism_table(*values)).startswith(start)
