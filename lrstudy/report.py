@@ -203,17 +203,6 @@ def mechanism_correlations(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def glue_correlations(correlations: pd.DataFrame, prefix: str) -> None:
-    """Glue each correlation as ``<prefix>_<name>_<against_name>`` (float) and its p-value and run count."""
-    numbers: dict[str, float | str] = {}
-    for row in correlations.itertuples():
-        key = f"{row.name}_{row.against_name}"
-        numbers[key] = row.spearman
-        numbers[f"{key}_p"] = row.p_value
-        numbers[f"{key}_runs"] = int(row.runs)
-    glue_key_numbers(numbers, prefix)
-
-
 # The committed table of the comparison preset, read by the book's comparison chapter.
 COMPARISON_TABLE = REPOSITORY / "book" / "data" / "comparison_results.csv"
 

@@ -225,7 +225,7 @@ def lr_trend(results: pd.DataFrame, metric: str) -> float:
         return math.nan
     if usable[metric].nunique() == 1:
         return 0.0
-    return float(usable["lr"].rank().corr(usable[metric].rank()))
+    return spearman(usable["lr"], usable[metric])[0]
 
 
 def spearman(x: pd.Series, y: pd.Series) -> tuple[float, float]:

@@ -33,7 +33,7 @@ def _comparison_table(metric_of=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_preset_runs_every_variant_on_both_datasets_and_two_seeds():
+def test_preset_run_count():
     variants = {tuple(sorted(v.items())) for v in comparison_variants()}
     configs = preset_configs("comparison")
     assert len(configs) == len(variants) * 2 * 2
@@ -46,7 +46,7 @@ def test_every_variant_sets_every_baseline_parameter():
         assert set(BASELINE) <= set(variant)
 
 
-def test_baseline_run_belongs_to_each_one_knob_family_holding_its_value():
+def test_baseline_run_family_membership():
     table = _comparison_table()
     baseline = table
     for name, value in BASELINE.items():
@@ -59,7 +59,7 @@ def test_baseline_run_belongs_to_each_one_knob_family_holding_its_value():
 
 
 @pytest.mark.parametrize("knob", KNOBS, ids=lambda knob: knob.name)
-def test_knob_family_has_its_values_times_datasets_times_seeds(knob):
+def test_knob_family_size(knob):
     members = knob_runs(_comparison_table(), knob)
     assert len(members) == len(knob.values) * 2 * 2
     assert sorted(members[knob.parameter].unique()) == sorted(knob.values)
@@ -103,7 +103,7 @@ def _correlations(values: dict[str, list[float]], p_value: float = 0.01) -> pd.D
     return pd.DataFrame(rows)
 
 
-def test_in_tandem_score_is_the_minimum_and_counts_significant_improvements():
+def test_in_tandem_score_minimum():
     scores = in_tandem(_correlations({"a": [0.9, 0.8, 0.7, 0.6, -0.2], "b": [0.5, 0.5, 0.5, 0.5, 0.5]}))
     assert list(scores["knob"]) == ["b", "a"]
     by_knob = scores.set_index("knob")
